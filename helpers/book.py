@@ -1,0 +1,191 @@
+"""Execute the chapters with papermill into ``book/`` and build the HTML book with jupyter-book.
+
+    python -m helpers.book [--dataset D] [--backbone B] [-p NAME VALUE ...] [--only 01,02] [--no-build]
+
+Chapters run in order from ``notebooks/`` with the notebook folder as working directory (as nbval
+and Jupyter do); executed copies go to ``book/``. A failing chapter stops the run and names the
+chapter and cell. The build runs with notebook execution off and warnings as errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from helpers.config import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+BOOK = ROOT / "book"
+
+
+class BookError(RuntimeError):
+    """A chapter failed or the book did not build; the message says where."""
+
+
+@dataclass(frozen=True)
+class ChapterRun:
+    name: str
+    seconds: float
+
+
+def chapters(notebooks: Path = NOTEBOOKS) -> list[Path]:
+    """The numbered chapter notebooks, in order."""
+    return sorted(p for p in notebooks.glob("[0-9][0-9]_*.ipynb"))
+
+
+def parse_value(text: str) -> Any:
+    """``-p`` values the way papermill's CLI reads them: Python literals where they parse, else strings."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> dict[Path, dict[str, Any]]:
+    """Each chapter's share of ``params``; unknown names and invalid run parameters fail before any work."""
+    declared = {nb: notebook_parameters(nb) for nb in notebooks}
+    known = set().union(*declared.values()) if declared else set()
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise BookError(f"Unknown parameter(s) {', '.join(unknown)}; the chapters take: {', '.join(sorted(known))}")
+    fields = set(RunConfig.field_names())
+    RunConfig(**{k: v for k, v in params.items() if k in fields})  # raises ConfigError listing the choices
+    return {nb: {k: v for k, v in params.items() if k in names} for nb, names in declared.items()}
+
+
+def _failed_cell(nb_path: Path) -> str:
+    """Describe the cell of an executed notebook that holds the error, counting the author's code cells."""
+    try:
+        cells = json.loads(nb_path.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return "an unknown cell"
+    injected = {"injected-parameters", "papermill-error-cell-tag"}
+    code = [c for c in cells if c["cell_type"] == "code" and not injected & set(c.get("metadata", {}).get("tags", []))]
+    for k, cell in enumerate(code, start=1):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            lines = "".join(cell["source"]).strip().splitlines() or [""]
+            return f"code cell {k} (`{lines[0][:70]}`)"
+    return "an unknown cell"
+
+
+def run_chapter(nb: Path, params: dict[str, Any], out_dir: Path = BOOK) -> ChapterRun:
+    """Execute one chapter into ``out_dir``; :class:`BookError` names the chapter and cell on failure."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out = out_dir / nb.name
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(nb), str(out), parameters=params, cwd=str(nb.parent),
+            progress_bar=sys.stderr.isatty(), log_output=False,
+        )
+    except PapermillExecutionError as e:
+        raise BookError(
+            f"Chapter {nb.stem} failed in {_failed_cell(out)}: {e.ename}: {e.evalue}\n"
+            f"The executed notebook with the error is {out}."
+        ) from None
+    return ChapterRun(nb.stem, time.perf_counter() - start)
+
+
+def stub_unexecuted(nb: Path, out_dir: Path = BOOK) -> None:
+    """Put an unexecuted copy of a chapter in the book, with a banner, when it has no executed copy yet."""
+    import nbformat
+
+    notebook = nbformat.read(str(nb), as_version=4)
+    banner = nbformat.v4.new_markdown_cell(
+        "```{warning}\nThis chapter has not been executed yet: run `python -m helpers.book` to fill it in.\n```"
+    )
+    notebook.cells.insert(1, banner)
+    nbformat.write(notebook, str(out_dir / nb.name))
+
+
+def build(root: Path = ROOT) -> Path:
+    """Run ``jupyter-book build`` (execution off, warnings as errors) and return ``index.html``."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--warningiserror", "--keep-going"]
+    log.info("$ %s", " ".join(cmd))
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
+        raise BookError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
+    index = root / "_build" / "html" / "index.html"
+    if not index.exists():
+        raise BookError(f"jupyter-book finished but {index} is missing")
+    return index
+
+
+def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: bool = True,
+        notebooks: Path = NOTEBOOKS, out_dir: Path = BOOK) -> tuple[list[ChapterRun], Path | None]:
+    """Execute the selected chapters in order, then build the book."""
+    all_chapters = chapters(notebooks)
+    if not all_chapters:
+        raise BookError(f"No chapter notebooks found in {notebooks}")
+    selected = [nb for nb in all_chapters if not only or nb.name[:2] in only]
+    missing = sorted(set(only or []) - {nb.name[:2] for nb in all_chapters})
+    if missing:
+        raise BookError(f"No chapter numbered {', '.join(missing)}; chapters: "
+                        f"{', '.join(nb.stem for nb in all_chapters)}")
+    per_chapter = check_parameters(params, selected)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for nb in selected:
+        print(f"▶ {nb.stem} ...", flush=True)
+        runs.append(run_chapter(nb, per_chapter[nb], out_dir))
+        print(f"  {nb.stem} done in {runs[-1].seconds:.1f} s", flush=True)
+    for nb in all_chapters:
+        if not (out_dir / nb.name).exists():
+            stub_unexecuted(nb, out_dir)
+    return runs, build(notebooks.parent) if do_build else None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m helpers.book", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", help="dataset source (digits, dogImages, synthetic, a folder, a zip URL, s3://...)")
+    p.add_argument("--backbone", help="torchvision backbone name, e.g. resnet50")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a chapter parameter (repeatable), e.g. -p image_size 128")
+    p.add_argument("--only", help="comma-separated chapter numbers to run, e.g. 01,02")
+    p.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    params = {name: parse_value(value) for name, value in args.parameter}
+    for name in ("dataset", "backbone"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    only = [c.strip().zfill(2) for c in args.only.split(",") if c.strip()] if args.only else None
+    try:
+        runs, index = run(params, only, do_build=not args.no_build)
+    except (BookError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    total = sum(r.seconds for r in runs)
+    print(f"Executed {len(runs)} chapter(s) in {total:.1f} s.")
+    if index is not None:
+        print(f"The book is at {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

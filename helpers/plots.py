@@ -1,0 +1,91 @@
+"""Figures for the chapters. Each function takes results and returns a matplotlib ``Figure``.
+
+Figures are built without pyplot, so nothing global changes and a notebook shows each one once
+(with ``%matplotlib inline``) when it is the value of a cell.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.figure import Figure
+from PIL import Image
+
+if TYPE_CHECKING:
+    from helpers.data import DatasetReport
+
+SPLIT_COLORS = {"train": "#1f77b4", "valid": "#ff7f0e", "test": "#2ca02c"}
+
+
+def class_counts(report: "DatasetReport", max_labels: int = 40) -> Figure:
+    """Images per class, stacked by split; class labels are shown when there are few enough."""
+    from helpers.data import display_name
+
+    classes = report.classes
+    fig = Figure(figsize=(min(14, 3 + 0.35 * len(classes)) if len(classes) <= max_labels else 12, 4),
+                 layout="tight")
+    ax = fig.subplots()
+    bottom = [0] * len(classes)
+    for name, split in report.splits.items():
+        vals = [split.class_counts.get(c, 0) for c in classes]
+        ax.bar(range(len(classes)), vals, bottom=bottom, label=f"{name} ({split.total:,})",
+               color=SPLIT_COLORS.get(name), width=0.8)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    if len(classes) <= max_labels:
+        ax.set_xticks(range(len(classes)), [display_name(c) for c in classes], rotation=60, ha="right", fontsize=8)
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{len(classes)} classes (in label order)")
+    ax.set_ylabel("images")
+    ax.set_title("Images per class and split")
+    ax.legend(frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def sample_grid(report: "DatasetReport", split: str = "train", max_classes: int = 12, per_class: int = 4) -> Figure:
+    """A grid of example images: one row per class (up to ``max_classes``), labelled with its name."""
+    from helpers.data import display_name
+
+    rep = report.splits[split]
+    classes = [c for c in report.classes if rep.files.get(c)]
+    if len(classes) > max_classes:
+        step = len(classes) / max_classes
+        classes = [classes[int(i * step)] for i in range(max_classes)]
+    fig = Figure(figsize=(1.6 * per_class + 1.2, 1.6 * len(classes)), layout="tight")
+    axes = fig.subplots(len(classes), per_class, squeeze=False)
+    for row, cls in zip(axes, classes):
+        files = rep.files[cls]
+        for k, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+            if k < len(files):
+                with Image.open(Path(report.root) / files[k]) as im:
+                    im.draft("RGB", (160, 160))
+                    ax.imshow(im.convert("RGB"))
+        row[0].set_ylabel(display_name(cls), rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(f"Sample {split} images ({len(classes)} of {len(report.classes)} classes)")
+    return fig
+
+
+def size_distribution(report: "DatasetReport") -> Figure:
+    """Image width and height: a scatter with marginal histograms folded into two panels."""
+    fig = Figure(figsize=(10, 3.6), layout="tight")
+    ax1, ax2 = fig.subplots(1, 2)
+    w, h = report.widths, report.heights
+    ax1.scatter(w, h, s=6, alpha=0.4)
+    ax1.set_xlabel("width (px)")
+    ax1.set_ylabel("height (px)")
+    ax1.set_title("Image sizes")
+    bins = max(5, min(50, int(math.sqrt(len(w) or 1))))
+    ax2.hist([w, h], bins=bins, label=["width", "height"], alpha=0.8)
+    ax2.set_xlabel("pixels")
+    ax2.set_ylabel("images")
+    ax2.set_title("Width and height distribution")
+    ax2.legend(frameon=False)
+    for ax in (ax1, ax2):
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig

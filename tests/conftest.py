@@ -1,0 +1,28 @@
+"""Fixtures shared by the unit, integration and notebook tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.config import RunConfig
+from helpers.data import make_synthetic
+
+
+@pytest.fixture
+def work_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def cfg(work_dir: Path) -> RunConfig:
+    return RunConfig(dataset="synthetic", work_dir=str(work_dir), synthetic_classes=3, synthetic_images=10)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean 3-class synthetic ImageFolder, shared read-only by tests."""
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "ds", num_classes=3, images_per_class=10, seed=1)

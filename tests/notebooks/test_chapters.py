@@ -1,0 +1,106 @@
+"""The chapter notebooks: committed clean, parameterised alike, executable with papermill."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from helpers import book
+from helpers.config import ConfigError, RunConfig
+from helpers.manifest import Manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAPTERS = book.chapters(ROOT / "notebooks")
+
+
+def test_the_five_chapters_exist():
+    assert [nb.stem for nb in CHAPTERS] == [
+        "01_data", "02_hpo", "03_debug_profile", "04_deploy", "05_lambda_autoscaling"]
+
+
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
+def test_committed_notebooks_carry_no_outputs(nb):
+    notebook = nbformat.read(str(nb), as_version=4)
+    dirty = [i for i, c in enumerate(notebook.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert dirty == [], f"{nb.name}: strip the outputs of cells {dirty} (make strip)"
+
+
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
+def test_parameters_cell_declares_the_run_config_with_its_defaults(nb):
+    declared = papermill.inspect_notebook(str(nb))
+    defaults = RunConfig.__dataclass_fields__
+    for name in RunConfig.field_names():
+        assert name in declared, f"{nb.name} lacks parameter {name}"
+        if name != "work_dir":
+            assert json.loads(declared[name]["default"].replace("'", '"')) == defaults[name].default, name
+
+
+@pytest.mark.slow
+def test_chapter_01_runs_with_the_synthetic_dataset(tmp_path):
+    out = tmp_path / "01_data.ipynb"
+    work = tmp_path / "work"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "01_data.ipynb"), str(out), cwd=str(ROOT / "notebooks"), progress_bar=False,
+        parameters={"dataset": "synthetic", "work_dir": str(work), "synthetic_classes": 3, "synthetic_images": 10},
+    )
+    rec = Manifest.load(work).require("data", dataset="synthetic")
+    assert rec["class_names"] == ["Affenpinscher", "Afghan hound", "Airedale terrier"]
+    assert rec["counts"] == {"train": 18, "valid": 6, "test": 6}
+    executed = nbformat.read(str(out), as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "Every train class has 6 images" in text
+    assert not [o for o in outputs if o.output_type == "error"]
+
+
+def write_chapter(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('dataset = "digits"\nbackbone = "resnet18"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), params] + [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_a_failing_chapter_stops_the_run_and_names_chapter_and_cell(tmp_path):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    write_chapter(src / "01_ok.ipynb", "x = 1")
+    write_chapter(src / "02_broken.ipynb", "y = 2", "raise ValueError('the data went missing')")
+    write_chapter(src / "03_never.ipynb", "z = 3")
+    with pytest.raises(book.BookError) as e:
+        book.run({}, notebooks=src, out_dir=tmp_path / "book", do_build=False)
+    msg = str(e.value)
+    assert "Chapter 02_broken failed" in msg and "code cell 3" in msg and "the data went missing" in msg
+    assert (tmp_path / "book" / "01_ok.ipynb").exists() and not (tmp_path / "book" / "03_never.ipynb").exists()
+
+
+def test_unknown_parameter_is_refused_before_running(tmp_path):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    write_chapter(src / "01_ok.ipynb", "x = 1")
+    with pytest.raises(book.BookError, match="Unknown parameter.*learning_rate.*the chapters take: backbone, dataset"):
+        book.run({"learning_rate": 0.1}, notebooks=src, out_dir=tmp_path / "book", do_build=False)
+    with pytest.raises(ConfigError, match="resnet50"):
+        book.run({"backbone": "resnet500"}, notebooks=src, out_dir=tmp_path / "book", do_build=False)
+    assert not (tmp_path / "book").exists()
+
+
+def test_cli_reports_errors_without_a_traceback(capsys):
+    assert book.main(["--backbone", "alexnet9000", "--no-build"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid run configuration") and "Traceback" not in err
+    assert book.main(["--only", "09", "--no-build"]) == 1
+    assert "No chapter numbered 09" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("3", 3), ("0.5", 0.5), ("True", True), ("resnet50", "resnet50"),
+                                         ("s3://b/p", "s3://b/p"), ("'7'", "7")])
+def test_parse_value(text, value):
+    assert book.parse_value(text) == value
