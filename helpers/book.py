@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from helpers import progress
 from helpers.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,21 @@ def _failed_cell(nb_path: Path) -> str:
     return "an unknown cell"
 
 
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables (inherited by the kernels) for the duration of the block."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_chapter(nb: Path, params: dict[str, Any], out_dir: Path = BOOK) -> ChapterRun:
     """Execute one chapter into ``out_dir``; :class:`BookError` names the chapter and cell on failure."""
     import papermill
@@ -146,10 +164,11 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
     per_chapter = check_parameters(params, selected)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
-    for nb in selected:
-        print(f"▶ {nb.stem} ...", flush=True)
-        runs.append(run_chapter(nb, per_chapter[nb], out_dir))
-        print(f"  {nb.stem} done in {runs[-1].seconds:.1f} s", flush=True)
+    with _environ(**{progress.ENV: "0"}):  # the book shows results, not progress-bar redraws
+        for nb in selected:
+            print(f"▶ {nb.stem} ...", flush=True)
+            runs.append(run_chapter(nb, per_chapter[nb], out_dir))
+            print(f"  {nb.stem} done in {runs[-1].seconds:.1f} s", flush=True)
     for nb in all_chapters:
         if not (out_dir / nb.name).exists():
             stub_unexecuted(nb, out_dir)
@@ -170,6 +189,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)
     params = {name: parse_value(value) for name, value in args.parameter}
     for name in ("dataset", "backbone"):
         if getattr(args, name) is not None:

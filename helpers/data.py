@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+from helpers.progress import bar
 
 from helpers.config import RunConfig
 from helpers.download import download, safe_extract_zip
@@ -122,7 +122,7 @@ def export_digits(
     )
     tmp = _fresh_tmp(root)
     jobs = [(s, i) for s, ids in (("train", train_idx), ("valid", valid_idx), ("test", test_idx)) for i in ids]
-    for split, i in tqdm(jobs, desc="export digits", unit="img", disable=not progress):
+    for split, i in bar(jobs, desc="export digits", unit="img", progress=progress):
         pixels = (255 - digits.images[i] * (255 / 16)).clip(0, 255).astype(np.uint8)
         folder = tmp / split / str(digits.target[i])
         folder.mkdir(parents=True, exist_ok=True)
@@ -443,8 +443,8 @@ def validate_dataset(root: str | os.PathLike[str], *, progress: bool = True, wor
     heights: list[int] = []
     with ThreadPoolExecutor(workers) as pool:
         checks = pool.map(check_image, (p for _, p in to_check), chunksize=16)
-        for (split, path), chk in tqdm(
-            zip(to_check, checks), total=len(to_check), desc="check images", unit="img", disable=not progress
+        for (split, path), chk in bar(
+            zip(to_check, checks), total=len(to_check), desc="check images", unit="img", progress=progress
         ):
             rep = splits[split]
             rel = str(path.relative_to(root))

@@ -11,7 +11,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
+from helpers.progress import bar
 
 from helpers.fileio import file_digest
 
@@ -75,14 +75,14 @@ def download(
         total = int(length) + offset if length is not None else None
         done = offset
         try:
-            with open(part, "ab" if offset else "wb") as f, tqdm(
+            with open(part, "ab" if offset else "wb") as f, bar(
                 total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=dest.name, disable=not progress,
-            ) as bar:
+                desc=dest.name, progress=progress,
+            ) as pbar:
                 while chunk := resp.read(CHUNK):
                     f.write(chunk)
                     done += len(chunk)
-                    bar.update(len(chunk))
+                    pbar.update(len(chunk))
         except (OSError, TimeoutError) as e:
             raise DownloadError(
                 f"The download of {url} was interrupted after {done:,} bytes ({e}). "
@@ -149,7 +149,7 @@ def safe_extract_zip(archive: str | os.PathLike[str], dest: str | os.PathLike[st
     tmp.mkdir(parents=True)
     try:
         with zipfile.ZipFile(archive) as zf:
-            for info in tqdm(infos, desc=f"extract {Path(archive).name}", unit="file", disable=not progress):
+            for info in bar(infos, desc=f"extract {Path(archive).name}", unit="file", progress=progress):
                 zf.extract(info, tmp)
         if dest.exists():
             shutil.rmtree(dest)

@@ -39,13 +39,13 @@ def class_counts(report: "DatasetReport", max_labels: int = 40) -> Figure:
         ax.set_xticks([])
         ax.set_xlabel(f"{len(classes)} classes (in label order)")
     ax.set_ylabel("images")
-    ax.set_title("Images per class and split")
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_title("Images per class and split", pad=28)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
 
-def sample_grid(report: "DatasetReport", split: str = "train", max_classes: int = 12, per_class: int = 4) -> Figure:
+def sample_grid(report: "DatasetReport", split: str = "train", max_classes: int = 12, per_class: int = 8) -> Figure:
     """A grid of example images: one row per class (up to ``max_classes``), labelled with its name."""
     from helpers.data import display_name
 
@@ -54,7 +54,7 @@ def sample_grid(report: "DatasetReport", split: str = "train", max_classes: int 
     if len(classes) > max_classes:
         step = len(classes) / max_classes
         classes = [classes[int(i * step)] for i in range(max_classes)]
-    fig = Figure(figsize=(1.6 * per_class + 1.2, 1.6 * len(classes)), layout="tight")
+    fig = Figure(figsize=(0.9 * per_class + 1.6, 0.95 * len(classes) + 0.5), layout="tight")
     axes = fig.subplots(len(classes), per_class, squeeze=False)
     for row, cls in zip(axes, classes):
         files = rep.files[cls]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from helpers.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,11 @@ def _run(jobs: list[tuple[Any, Any, int]], fn, desc: str, progress: bool, worker
 
     done = 0
     total = sum(size for _, _, size in jobs)
-    with ThreadPoolExecutor(workers) as pool, tqdm(
-        total=total, unit="B", unit_scale=True, desc=desc, disable=not progress
-    ) as bar:
+    with ThreadPoolExecutor(workers) as pool, bar(
+        total=total, unit="B", unit_scale=True, desc=desc, progress=progress
+    ) as pbar:
         for size in pool.map(one, jobs):
-            bar.update(size)
+            pbar.update(size)
             done += size
     return done
 

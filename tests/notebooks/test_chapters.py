@@ -104,3 +104,18 @@ def test_cli_reports_errors_without_a_traceback(capsys):
                                          ("s3://b/p", "s3://b/p"), ("'7'", "7")])
 def test_parse_value(text, value):
     assert book.parse_value(text) == value
+
+
+@pytest.mark.slow
+def test_only_runs_the_selected_chapters_and_stubs_the_rest(tmp_path):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    write_chapter(src / "01_one.ipynb", "import os\nprint('progress', os.environ.get('SAGEBOOK_PROGRESS'))")
+    write_chapter(src / "02_two.ipynb", "raise RuntimeError('must not run')")
+    runs, index = book.run({}, ["01"], notebooks=src, out_dir=tmp_path / "book", do_build=False)
+    assert [r.name for r in runs] == ["01_one"] and index is None
+    one = nbformat.read(str(tmp_path / "book" / "01_one.ipynb"), as_version=4)
+    assert "progress 0" in one.cells[-1].outputs[0]["text"]  # kernels run with progress bars off
+    stub = nbformat.read(str(tmp_path / "book" / "02_two.ipynb"), as_version=4)
+    assert "has not been executed yet" in stub.cells[1].source
+    assert all(not c.get("outputs") for c in stub.cells if c.cell_type == "code")
