@@ -18,9 +18,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from helpers import progress
 from helpers.config import ConfigError, RunConfig

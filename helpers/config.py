@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 #: Named dataset sources. Anything else must be a local folder, an ``http(s)://`` zip URL or an ``s3://`` prefix.
 DATASETS: tuple[str, ...] = ("digits", "dogImages", "synthetic")
@@ -86,13 +86,13 @@ class RunConfig:
         if not self.work_dir:
             object.__setattr__(self, "work_dir", str(default_work_dir()))
 
-    def _problems(self):
-        if self.dataset not in DATASETS and not is_remote_source(self.dataset):
-            if not Path(self.dataset).expanduser().is_dir():
-                yield (
-                    f"dataset {self.dataset!r} is not known; choose one of {_choices(DATASETS)}, "
-                    "a local ImageFolder folder, an http(s):// zip URL or an s3:// prefix"
-                )
+    def _problems(self) -> Iterator[str]:
+        local = not is_remote_source(self.dataset) and Path(self.dataset).expanduser().is_dir()
+        if self.dataset not in DATASETS and not is_remote_source(self.dataset) and not local:
+            yield (
+                f"dataset {self.dataset!r} is not known; choose one of {_choices(DATASETS)}, "
+                "a local ImageFolder folder, an http(s):// zip URL or an s3:// prefix"
+            )
         if self.backbone not in BACKBONES:
             yield f"backbone {self.backbone!r} is not known; choose one of {_choices(BACKBONES)}"
         if self.weights not in WEIGHTS and not Path(self.weights).expanduser().is_file():
@@ -117,7 +117,7 @@ class RunConfig:
     def work_path(self) -> Path:
         return Path(self.work_dir)
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -132,7 +132,7 @@ class RunConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
             raise ConfigError(
@@ -141,10 +141,10 @@ class RunConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
+    def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def from_mapping(cls, namespace: dict[str, Any]) -> "RunConfig":
+    def from_mapping(cls, namespace: dict[str, Any]) -> RunConfig:
         """Build from a namespace that holds the fields among other names (a notebook's ``globals()``)."""
         return cls(**{k: namespace[k] for k in cls.field_names() if k in namespace})

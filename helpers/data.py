@@ -15,18 +15,19 @@ import shutil
 import statistics
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
-from helpers.progress import bar
 
 from helpers.config import RunConfig
 from helpers.download import download, safe_extract_zip
 from helpers.fileio import atomic_write_json
+from helpers.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +545,7 @@ def insights(report: DatasetReport, image_size: int | None = None) -> list[str]:
         out.append(f"Image modes: {modes}{note}.")
     stats = report.size_stats()
     if stats:
-        fmt = lambda wh: f"{wh[0]:g}x{wh[1]:g}"  # noqa: E731
+        fmt = lambda wh: f"{wh[0]:g}x{wh[1]:g}"
         resize = f"; every image is resized to {image_size}x{image_size} for the model" if image_size else ""
         out.append(f"Sizes range from {fmt(stats['min'])} to {fmt(stats['max'])} (median {fmt(stats['median'])}){resize}.")
     for m in report.class_mismatch.values():

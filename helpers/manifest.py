@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class Manifest:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, work_dir: str | os.PathLike[str]) -> "Manifest":
+    def load(cls, work_dir: str | os.PathLike[str]) -> Manifest:
         """Read the manifest in ``work_dir`` (an empty one if there is none yet)."""
         path = Path(work_dir) / MANIFEST_NAME
         if not path.exists():
@@ -106,7 +106,7 @@ class Manifest:
         _check_stage(stage)
         order = list(STAGES)
         dropped = [s for s in order[order.index(stage) + 1 :] if s in self.stages]
-        entry = {**values, "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        entry = {**values, "recorded_at": datetime.now(UTC).isoformat(timespec="seconds")}
         stages = {s: v for s, v in self.stages.items() if s not in dropped}
         stages[stage] = entry
         self._write(stages)

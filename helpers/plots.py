@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 SPLIT_COLORS = {"train": "#1f77b4", "valid": "#ff7f0e", "test": "#2ca02c"}
 
 
-def class_counts(report: "DatasetReport", max_labels: int = 40) -> Figure:
+def class_counts(report: DatasetReport, max_labels: int = 40) -> Figure:
     """Images per class, stacked by split; class labels are shown when there are few enough."""
     from helpers.data import display_name
 
@@ -45,7 +45,7 @@ def class_counts(report: "DatasetReport", max_labels: int = 40) -> Figure:
     return fig
 
 
-def sample_grid(report: "DatasetReport", split: str = "train", max_classes: int = 12, per_class: int = 8) -> Figure:
+def sample_grid(report: DatasetReport, split: str = "train", max_classes: int = 12, per_class: int = 8) -> Figure:
     """A grid of example images: one row per class (up to ``max_classes``), labelled with its name."""
     from helpers.data import display_name
 
@@ -71,7 +71,7 @@ def sample_grid(report: "DatasetReport", split: str = "train", max_classes: int 
     return fig
 
 
-def size_distribution(report: "DatasetReport") -> Figure:
+def size_distribution(report: DatasetReport) -> Figure:
     """Image width and height: a scatter with marginal histograms folded into two panels."""
     fig = Figure(figsize=(10, 3.6), layout="tight")
     ax1, ax2 = fig.subplots(1, 2)
