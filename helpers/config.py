@@ -21,10 +21,18 @@ BACKBONES: tuple[str, ...] = (
     "efficientnet_b0", "convnext_tiny",
 )
 
+#: Datasets of small images, where a 64-pixel input is plenty and keeps the book fast on a CPU.
+SMALL_DATASETS = ("digits", "synthetic")
+SMALL_IMAGE_SIZE = 64
+
 BACKENDS: tuple[str, ...] = ("local", "sagemaker")
 
 #: Pretrained-weight choices besides a path to a local ``.pth`` file.
 WEIGHTS: tuple[str, ...] = ("DEFAULT", "none")
+
+#: The SageMaker PyTorch container for training *and* serving: one place, so both use the same torch.
+SAGEMAKER_FRAMEWORK_VERSION = "2.6.0"
+SAGEMAKER_PY_VERSION = "py312"
 
 #: Environment variable that overrides the default work directory (tests point it at a temp folder).
 WORK_DIR_ENV = "SAGEBOOK_WORK_DIR"
@@ -67,7 +75,8 @@ class RunConfig:
     weights: str = "none"
     backend: str = "local"
     work_dir: str = ""
-    image_size: int = 224
+    #: Side of the square model input; 0 picks 224, or 64 for the small embedded datasets (digits, synthetic).
+    image_size: int = 0
     seed: int = 42
     #: ``s3://bucket/prefix`` the sagemaker backend uploads data and artifacts under.
     s3_prefix: str = ""
@@ -85,6 +94,8 @@ class RunConfig:
             raise ConfigError("Invalid run configuration:\n  - " + "\n  - ".join(problems))
         if not self.work_dir:
             object.__setattr__(self, "work_dir", str(default_work_dir()))
+        if self.image_size == 0:
+            object.__setattr__(self, "image_size", SMALL_IMAGE_SIZE if self.dataset in SMALL_DATASETS else 224)
 
     def _problems(self) -> Iterator[str]:
         local = not is_remote_source(self.dataset) and Path(self.dataset).expanduser().is_dir()
@@ -102,8 +113,8 @@ class RunConfig:
             )
         if self.backend not in BACKENDS:
             yield f"backend {self.backend!r} is not known; choose one of {_choices(BACKENDS)}"
-        if not isinstance(self.image_size, int) or not 16 <= self.image_size <= 1024:
-            yield f"image_size must be an integer between 16 and 1024, got {self.image_size!r}"
+        if not isinstance(self.image_size, int) or not (self.image_size == 0 or 16 <= self.image_size <= 1024):
+            yield f"image_size must be 0 (automatic) or an integer between 16 and 1024, got {self.image_size!r}"
         if not isinstance(self.seed, int) or self.seed < 0:
             yield f"seed must be a non-negative integer, got {self.seed!r}"
         if self.s3_prefix and not self.s3_prefix.startswith("s3://"):

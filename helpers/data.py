@@ -27,36 +27,21 @@ from PIL import Image
 from helpers.config import RunConfig
 from helpers.download import download, safe_extract_zip
 from helpers.fileio import atomic_write_json
+from helpers.layout import IMG_EXTENSIONS, SPLITS, display_name, find_split_dir
 from helpers.progress import bar
 
 log = logging.getLogger(__name__)
 
 DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
 
-#: Extensions torchvision's ImageFolder loads.
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-#: Canonical split names and the folder names accepted for each.
-SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("train", "training"),
-    "valid": ("valid", "val", "validation"),
-    "test": ("test", "testing"),
-}
 REQUIRED_SPLITS = ("train", "valid")
 
 COMPLETE_MARKER = ".sagebook-complete.json"
 
-_PREFIX = re.compile(r"^\d+[._\-\s]+")
 
 
 class DatasetError(ValueError):
     """The dataset cannot be used; the message lists every problem found."""
-
-
-def display_name(folder: str) -> str:
-    """Class name for people: ``001.Affenpinscher`` -> ``Affenpinscher``, ``002.Afghan_hound`` -> ``Afghan hound``."""
-    name = _PREFIX.sub("", folder).replace("_", " ").strip()
-    return name or folder
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,14 +193,6 @@ def make_synthetic(
     for k in range(non_image):
         (first / f"notes_{k:02d}.txt").write_text("not an image\n")
     return _publish(tmp, root, params)
-
-
-def find_split_dir(root: Path, split: str) -> Path | None:
-    """The folder of ``split`` under ``root`` under any of its accepted names."""
-    for name in SPLITS[split]:
-        if (root / name).is_dir():
-            return root / name
-    return None
 
 
 def find_imagefolder_root(path: str | os.PathLike[str], max_depth: int = 2) -> Path:

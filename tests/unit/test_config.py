@@ -95,3 +95,11 @@ def test_from_mapping_picks_the_fields():
     ns = {"dataset": "synthetic", "backbone": "vgg11", "In": [], "something_else": 1}
     cfg = RunConfig.from_mapping(ns)
     assert (cfg.dataset, cfg.backbone) == ("synthetic", "vgg11")
+
+
+def test_image_size_zero_picks_a_size_for_the_dataset(tmp_path):
+    assert RunConfig(dataset="digits").image_size == 64
+    assert RunConfig(dataset="dogImages").image_size == 224
+    assert RunConfig(dataset=str(tmp_path), image_size=160).image_size == 160
+    with pytest.raises(ConfigError, match="image_size"):
+        RunConfig(image_size=8)

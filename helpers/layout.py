@@ -1,0 +1,36 @@
+"""The ImageFolder layout shared by data preparation, training and serving (no heavy imports)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+#: Extensions torchvision's ImageFolder loads.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+#: Canonical split names and the folder names accepted for each.
+SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "valid": ("valid", "val", "validation"),
+    "test": ("test", "testing"),
+}
+
+_PREFIX = re.compile(r"^\d+[._\-\s]+")
+
+
+def display_name(folder: str) -> str:
+    """Class name for people: ``001.Affenpinscher`` -> ``Affenpinscher``, ``002.Afghan_hound`` -> ``Afghan hound``."""
+    name = _PREFIX.sub("", folder).replace("_", " ").strip()
+    return name or folder
+
+
+def find_split_dir(root: Path, split: str) -> Path | None:
+    """The folder of ``split`` under ``root`` under any of its accepted names."""
+    for name in SPLITS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMG_EXTENSIONS

@@ -1,0 +1,199 @@
+"""The model zoo: a torchvision backbone by name with a new head sized to the dataset.
+
+A model is a :class:`TransferModel` (``body`` = the torchvision network with its last ``Linear``
+replaced by ``Identity``, ``head`` = the new classifier). It is saved as ``model.pth`` (state_dict)
+plus ``model_config.json`` and loaded back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.error
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from helpers.config import BACKBONES, WEIGHTS
+from helpers.presets import Preprocessing
+
+log = logging.getLogger(__name__)
+
+HEADS = ("linear", "mlp")
+MODEL_FILE = "model.pth"
+CONFIG_FILE = "model_config.json"
+
+
+class ModelError(ValueError):
+    """A model cannot be built or loaded; the message says what to change."""
+
+
+class WeightsUnavailable(ModelError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a trained model: written as ``model_config.json``."""
+
+    backbone: str
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    head: str = "linear"
+    hidden: int = 512
+    dropout: float = 0.2
+    preprocessing: dict[str, Any] = field(default_factory=lambda: Preprocessing().to_dict())
+
+    def __post_init__(self) -> None:
+        check_backbone(self.backbone)
+        if self.head not in HEADS:
+            raise ModelError(f"head {self.head!r} is not known; choose one of {', '.join(HEADS)}")
+        if self.num_classes < 2:
+            raise ModelError(f"a classifier needs at least 2 classes, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ModelError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return cls(**d)
+
+
+def check_backbone(name: str) -> None:
+    if name not in BACKBONES:
+        raise ModelError(f"backbone {name!r} is not known; choose one of {', '.join(BACKBONES)}")
+
+
+class TransferModel(nn.Module):
+    """``head(body(x))``. With a frozen body the body stays in eval mode (BatchNorm statistics fixed)."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, freeze_backbone: bool = True) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            body.requires_grad_(False)
+            body.eval()
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.body.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def make_head(in_features: int, num_classes: int, head: str = "linear", hidden: int = 512,
+              dropout: float = 0.2) -> nn.Module:
+    """A single ``Linear``, or ``Linear-ReLU-Dropout-Linear``."""
+    if head == "linear":
+        return nn.Linear(in_features, num_classes)
+    if head == "mlp":
+        return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                             nn.Linear(hidden, num_classes))
+    raise ModelError(f"head {head!r} is not known; choose one of {', '.join(HEADS)}")
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    name, layer = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    return name, layer
+
+
+def _set_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def weights_file(backbone: str) -> tuple[str, Path]:
+    """The URL of a backbone's DEFAULT torchvision weights and where torchvision caches the file."""
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(backbone).DEFAULT.url
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def pretrained_state_dict(backbone: str, weights: str) -> dict[str, torch.Tensor] | None:
+    """The state_dict for ``weights`` (``DEFAULT``, ``none`` or a file), or None for random init."""
+    if weights == "none":
+        return None
+    if weights == "DEFAULT":
+        from torchvision.models import get_model_weights
+
+        url, cached = weights_file(backbone)
+        try:
+            return get_model_weights(backbone).DEFAULT.get_state_dict(progress=False, check_hash=False)
+        except (urllib.error.URLError, OSError, RuntimeError) as e:
+            raise WeightsUnavailable(
+                f"The pretrained {backbone} weights are not cached and could not be downloaded ({e}). "
+                f"Download {url} on a machine with internet access and put it at {cached} "
+                f"(the folder is torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it), "
+                "or pass weights=none or weights=/path/to/file.pth."
+            ) from None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ModelError(f"weights {weights!r} is neither one of {', '.join(WEIGHTS)} nor an existing file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ModelError(f"Cannot read weights file {path}: {e}") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def build_body(backbone: str, weights: str = "none") -> tuple[nn.Module, int]:
+    """The torchvision network without its classifier's last ``Linear``, and its feature size."""
+    from torchvision.models import get_model
+
+    check_backbone(backbone)
+    model = get_model(backbone, weights=None)
+    state = pretrained_state_dict(backbone, weights)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ModelError(f"The weights do not fit a {backbone}: {str(e).splitlines()[0]}") from None
+    name, last = _last_linear(model)
+    _set_module(model, name, nn.Identity())
+    return model, last.in_features
+
+
+def build_model(cfg: ModelConfig, weights: str = "none", freeze_backbone: bool = True) -> TransferModel:
+    """Backbone + new head sized to ``cfg.num_classes``; the head is seeded by the caller's RNG."""
+    body, features = build_body(cfg.backbone, weights)
+    head = make_head(features, cfg.num_classes, cfg.head, cfg.hidden, cfg.dropout)
+    return TransferModel(body, head, freeze_backbone=freeze_backbone)
+
+
+def save_model(model: TransferModel, cfg: ModelConfig, model_dir: str | os.PathLike[str]) -> Path:
+    """Write ``model.pth`` (state_dict) and ``model_config.json`` into ``model_dir``."""
+    from helpers.fileio import atomic_write_json
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".{MODEL_FILE}.tmp"
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, model_dir / MODEL_FILE)
+    atomic_write_json(model_dir / CONFIG_FILE, cfg.to_dict())
+    return model_dir
+
+
+def load_model(model_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[TransferModel, ModelConfig]:
+    """Rebuild a saved model (no pretrained download: the weights are all in ``model.pth``)."""
+    model_dir = Path(model_dir)
+    missing = [f for f in (MODEL_FILE, CONFIG_FILE) if not (model_dir / f).is_file()]
+    if missing:
+        raise ModelError(f"{model_dir} lacks {', '.join(missing)}: it is not a model directory")
+    cfg = ModelConfig.from_dict(json.loads((model_dir / CONFIG_FILE).read_text()))
+    model = build_model(cfg, weights="none")
+    state = torch.load(model_dir / MODEL_FILE, map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg

@@ -1,0 +1,674 @@
+"""The training entry point: SageMaker's PyTorch estimator runs it unchanged, the local backend runs it the same way.
+
+Hyperparameters arrive as command-line arguments (``--lr 0.01 --batch_size 64``); data comes from the
+``SM_CHANNEL_TRAIN/VALID/TEST`` folders, the model goes to ``SM_MODEL_DIR``, extra output to
+``SM_OUTPUT_DATA_DIR`` and checkpoints to ``SM_CHECKPOINT_DIR`` (or ``/opt/ml/checkpoints`` on
+SageMaker). Without SM_* variables it runs from plain flags, as on a bare EC2 instance::
+
+    python train.py --data-dir DATA --model-dir MODEL --epochs 3 --lr 0.001
+
+Metrics are printed in the one line format of :mod:`helpers.metrics`. Under ``torchrun`` (or
+SageMaker's ``torch_distributed``) it trains with DDP; rank 0 writes checkpoints and artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data.dataloader import default_collate
+
+from helpers.config import BACKBONES
+from helpers.fileio import atomic_write_json
+from helpers.layout import find_split_dir, is_image
+from helpers.metrics import format_metrics
+from helpers.models import HEADS, ModelConfig, TransferModel, build_body, make_head, save_model
+from helpers.presets import Preprocessing, eval_transform, train_transform
+from helpers.progress import bar
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class TrainingError(ValueError):
+    """Bad hyperparameters, data or folders, found before any expensive work."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training job (what SageMaker passes as ``--name value``)."""
+
+    backbone: str = "resnet18"
+    weights: str = "none"
+    head: str = "linear"
+    freeze_backbone: bool = True
+    augment: bool = False
+    image_size: int = 224
+    lr: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 5
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    dropout: float = 0.2
+    hidden: int = 512
+    patience: int = 3
+    seed: int = 42
+    num_workers: int = -1
+    amp: bool = True
+    feature_cache: str = ""
+    use_feature_cache: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone {self.backbone!r} is not known; choose one of {', '.join(BACKBONES)}")
+        if self.head not in HEADS:
+            problems.append(f"head {self.head!r} is not known; choose one of {', '.join(HEADS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            problems.append(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            problems.append(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            problems.append(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.weight_decay < 0 or self.patience < 0:
+            problems.append("weight_decay and patience must be >= 0")
+        if not 16 <= self.image_size <= 1024:
+            problems.append(f"image_size must be between 16 and 1024, got {self.image_size!r}")
+        if problems:
+            raise TrainingError("Invalid hyperparameters:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """Frozen backbone + deterministic transform: the backbone's features can be computed once."""
+        return self.use_feature_cache and self.freeze_backbone and not self.augment
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise TrainingError(f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    train: Path
+    valid: Path
+    test: Path | None
+    model_dir: Path
+    output_dir: Path
+    checkpoint_dir: Path | None
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_paths(args: argparse.Namespace, env: Mapping[str, str]) -> JobPaths:
+    """Flags win over SM_* variables; a ``--data-dir`` holds the split folders."""
+    data_dir = Path(args.data_dir) if args.data_dir else None
+
+    def split_dir(split: str, flag: str | None) -> Path | None:
+        if flag:
+            return Path(flag)
+        if f"SM_CHANNEL_{split.upper()}" in env:
+            return Path(env[f"SM_CHANNEL_{split.upper()}"])
+        return find_split_dir(data_dir, split) if data_dir else None
+
+    train, valid, test = split_dir("train", args.train), split_dir("valid", args.valid), split_dir("test", args.test)
+    if train is None or valid is None:
+        raise TrainingError(
+            "No training data: pass --data-dir DIR (with train/ and valid/ inside), --train and --valid, "
+            "or run with the SM_CHANNEL_TRAIN and SM_CHANNEL_VALID variables SageMaker sets."
+        )
+    model_dir = args.model_dir or env.get("SM_MODEL_DIR")
+    if not model_dir:
+        raise TrainingError("No model folder: pass --model-dir DIR or set SM_MODEL_DIR.")
+    output_dir = args.output_dir or env.get("SM_OUTPUT_DATA_DIR") or str(Path(model_dir).parent / "output")
+    on_sagemaker = "SM_TRAINING_ENV" in env or "SM_CURRENT_HOST" in env
+    checkpoint = args.checkpoint_dir or env.get("SM_CHECKPOINT_DIR") or ("/opt/ml/checkpoints" if on_sagemaker else None)
+    return JobPaths(train, valid, test, Path(model_dir), Path(output_dir), Path(checkpoint) if checkpoint else None)
+
+
+def dist_info(env: Mapping[str, str]) -> DistInfo:
+    """Rank and world size from the torchrun variables; SM_HOSTS without a launcher is refused."""
+    world = int(env.get("WORLD_SIZE", "1"))
+    hosts = json.loads(env.get("SM_HOSTS", "[]") or "[]")
+    if world == 1 and len(hosts) > 1:
+        raise TrainingError(
+            f"SM_HOSTS lists {len(hosts)} hosts but no distributed launcher set WORLD_SIZE: create the "
+            'estimator with distribution={"torch_distributed": {"enabled": True}}.'
+        )
+    return DistInfo(rank=int(env.get("RANK", "0")), world_size=world, local_rank=int(env.get("LOCAL_RANK", "0")))
+
+
+def default_workers(local_world_size: int = 1) -> int:
+    """DataLoader workers: the cores this process may use, shared between local ranks, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = cores // max(1, local_world_size)
+    return 0 if per_rank <= 1 else min(8, per_rank)
+
+
+def pick_device(env: Mapping[str, str], local_rank: int = 0) -> torch.device:
+    if torch.cuda.is_available() and env.get("SM_NUM_GPUS", "1") != "0":
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def class_folders(train_dir: Path) -> list[str]:
+    """Labels: the sorted class-folder names of the train split (the ImageFolder rule)."""
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise TrainingError(f"{train_dir} has {len(classes)} class folder(s); classification needs at least 2")
+    return classes
+
+
+def list_samples(split_dir: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
+    """(path, label) for every image of a split, labelled with the train classes."""
+    index = {c: i for i, c in enumerate(classes)}
+    extra = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in index and not d.name.startswith("."))
+    if extra:
+        raise TrainingError(f"{split_dir} has classes that train lacks: {', '.join(extra[:10])}")
+    samples = []
+    for cls in classes:
+        folder = split_dir / cls
+        if folder.is_dir():
+            samples += [(str(p), index[cls]) for p in sorted(folder.rglob("*"))
+                        if p.is_file() and is_image(p)]
+    if not samples:
+        raise TrainingError(f"{split_dir} holds no images")
+    return samples
+
+
+class ImageSamples(Dataset):
+    """Images and labels; an unreadable image yields None, which :func:`collate_skip` drops."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                return self.transform(im), label
+        except Exception as e:  # noqa: BLE001 - a bad file must not kill a training job
+            log.warning("skipping unreadable image %s: %s", path, e)
+            return None
+
+
+def collate_skip(batch: list) -> Any:
+    batch = [b for b in batch if b is not None]
+    return default_collate(batch) if batch else None
+
+
+def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, dinfo: DistInfo, workers: int,
+                pin: bool) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch): call ``loader.sampler.set_epoch(epoch)``."""
+    sampler = DistributedSampler(ds, num_replicas=dinfo.world_size, rank=dinfo.rank, shuffle=shuffle, seed=seed,
+                                 drop_last=False)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+                      collate_fn=collate_skip, persistent_workers=workers > 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Frozen-backbone feature cache
+
+
+def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preprocessing) -> str:
+    """Identifies (files, backbone, weights, preprocessing): any change gives a new cache entry."""
+    h = hashlib.sha256()
+    weights = cfg.weights
+    if weights not in ("DEFAULT", "none"):
+        st = Path(weights).stat()
+        weights = f"{Path(weights).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    elif weights == "none":
+        weights = f"random-seed{cfg.seed}"
+    h.update(json.dumps([cfg.backbone, weights, prep.to_dict(), torch.__version__]).encode())
+    for path, label in samples:
+        st = os.stat(path)
+        h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def extract_features(body: nn.Module, ds: Dataset, device: torch.device, batch_size: int, workers: int,
+                     desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen body once over a dataset: (features, labels) on the CPU."""
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
+                        pin_memory=device.type == "cuda")
+    feats, labels = [], []
+    body.eval()
+    for batch in bar(loader, desc=desc, unit="batch", progress=sys.stderr.isatty()):
+        if batch is None:
+            continue
+        x, y = batch
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            f = body(x.to(device, non_blocking=True))
+        feats.append(f.float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]], cfg: TrainConfig,
+                    prep: Preprocessing, device: torch.device, workers: int, cache_dir: Path | None,
+                    write: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of one split from the on-disk cache, or computed (and stored when ``write``)."""
+    path = None
+    if cache_dir is not None:
+        path = cache_dir / f"{cfg.backbone}-{prep.image_size}-{split}-{feature_key(samples, cfg, prep)}.pt"
+        if path.is_file():
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+                log.info("features of %s from the cache %s", split, path.name)
+                return blob["features"], blob["labels"]
+            except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed
+                log.warning("ignoring damaged feature cache %s: %s", path, e)
+    t0 = time.perf_counter()
+    x, y = extract_features(body, ImageSamples(samples, eval_transform(prep)), device, max(64, cfg.batch_size),
+                            workers, f"features {split}")
+    log.info("computed %s features of %d %s images in %.1f s", tuple(x.shape[1:]), len(y), split,
+             time.perf_counter() - t0)
+    if path is not None and write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"features": x, "labels": y}, tmp)
+        os.replace(tmp, path)
+    return x, y
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                    device: torch.device, scaler: torch.amp.GradScaler | None = None, desc: str = "train") -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss and accuracy over the samples this rank saw."""
+    model.train()
+    loss_sum, correct, n = 0.0, 0, 0
+    use_amp = scaler is not None and scaler.is_enabled()
+    for batch in bar(loader, desc=desc, unit="batch", leave=False, progress=sys.stderr.isatty()):
+        if batch is None:
+            continue
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=use_amp):
+            out = model(x)
+            loss = criterion(out, y)
+        if use_amp:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (out.argmax(1) == y).sum().item()
+        n += len(y)
+    return {"loss": loss_sum / max(1, n), "accuracy": correct / max(1, n), "n": n}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
+             dinfo: DistInfo = DistInfo()) -> dict[str, Any]:
+    """Loss, accuracy and per-class accuracy (summed over ranks under DDP)."""
+    model.eval()
+    stats = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
+    per_class = torch.zeros(2, num_classes, dtype=torch.float64)  # correct, total
+    for batch in loader:
+        if batch is None:
+            continue
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            out = model(x)
+        stats[0] += criterion(out.float(), y).item() * len(y)
+        stats[1] += len(y)
+        hit = (out.argmax(1) == y).cpu()
+        per_class[0].index_add_(0, y.cpu(), hit.double())
+        per_class[1].index_add_(0, y.cpu(), torch.ones(len(y), dtype=torch.float64))
+    if dinfo.enabled:
+        both = torch.cat([stats, per_class.flatten()]).to(device)
+        dist.all_reduce(both)
+        both = both.cpu()
+        stats, per_class = both[:2], both[2:].view(2, num_classes)
+    n = max(1.0, stats[1].item())
+    acc = [(c / t) if t else float("nan") for c, t in zip(per_class[0].tolist(), per_class[1].tolist())]
+    return {"loss": stats[0].item() / n, "accuracy": per_class[0].sum().item() / n, "per_class_accuracy": acc,
+            "n": int(stats[1].item())}
+
+
+def _reduce_train(stats: dict[str, float], device: torch.device, dinfo: DistInfo) -> dict[str, float]:
+    if not dinfo.enabled:
+        return stats
+    t = torch.tensor([stats["loss"] * stats["n"], stats["accuracy"] * stats["n"], stats["n"]], dtype=torch.float64,
+                     device=device)
+    dist.all_reduce(t)
+    n = max(1.0, t[2].item())
+    return {"loss": t[0].item() / n, "accuracy": t[1].item() / n, "n": int(t[2].item())}
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomic: a kill during the write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, restart: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None to start fresh; a corrupt or foreign one is an error unless ``restart``."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        problem = None if state.get("hyperparameters") == _resume_identity(cfg) else (
+            "it was written by a run with other hyperparameters")
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
+        state, problem = None, f"it is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    if problem is None:
+        return state
+    if restart:
+        log.warning("Ignoring the checkpoint %s: %s; starting fresh (--restart)", path, problem)
+        path.unlink(missing_ok=True)
+        return None
+    raise TrainingError(f"Cannot resume from the checkpoint {path}: {problem}. Delete it, or pass --restart "
+                        "to start training from scratch.")
+
+
+def _resume_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The hyperparameters that must match for a checkpoint to be resumable (not paths or workers)."""
+    d = cfg.to_dict()
+    for k in ("num_workers", "feature_cache", "use_feature_cache", "amp"):
+        d.pop(k)
+    return d
+
+
+# --------------------------------------------------------------------------------------------------
+# fit: everything the entry point does, callable in-process (tuning trials use it)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_valid: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, Any] | None = None
+    class_names: list[str] = field(default_factory=list)
+    resumed_from: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"The {what} {folder} is not writable ({e.strerror or e}).") from None
+
+
+def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env: Mapping[str, str] | None = None,
+        restart: bool = False, on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+        emit: Callable[[str], None] = lambda line: print(line, flush=True)) -> FitResult:
+    """Train, validate each epoch, stop early, checkpoint, test the best model and write the artifact."""
+    env = os.environ if env is None else env
+    started = time.perf_counter()
+    # Cheap checks first: nothing expensive happens before the inputs are known to be usable.
+    classes = class_folders(paths.train)
+    train_samples = list_samples(paths.train, classes)
+    valid_samples = list_samples(paths.valid, classes)
+    test_samples = list_samples(paths.test, classes) if paths.test and paths.test.is_dir() else None
+    if dinfo.is_main:
+        _check_writable(paths.model_dir, "model folder")
+        _check_writable(paths.output_dir, "output folder")
+    ckpt_path = paths.checkpoint_dir / CHECKPOINT_FILE if paths.checkpoint_dir else None
+    if ckpt_path is not None and dinfo.is_main:
+        _check_writable(paths.checkpoint_dir, "checkpoint folder")
+    state = load_checkpoint(ckpt_path, cfg, restart) if ckpt_path else None
+    if dinfo.enabled:
+        dist.barrier()  # rank 0 may have deleted a bad checkpoint under --restart
+
+    device = pick_device(env, dinfo.local_rank)
+    workers = default_workers(int(env.get("LOCAL_WORLD_SIZE", "1"))) if cfg.num_workers < 0 else cfg.num_workers
+    pin = device.type == "cuda"
+    prep = Preprocessing.for_size(cfg.image_size)
+    mcfg = ModelConfig(backbone=cfg.backbone, num_classes=len(classes), class_names=classes, head=cfg.head,
+                       hidden=cfg.hidden, dropout=cfg.dropout, preprocessing=prep.to_dict())
+    torch.manual_seed(cfg.seed)
+    body, n_features = build_body(cfg.backbone, cfg.weights)
+    torch.manual_seed(cfg.seed + 1)
+    head = make_head(n_features, len(classes), cfg.head, cfg.hidden, cfg.dropout)
+    model = TransferModel(body, head, freeze_backbone=cfg.freeze_backbone).to(device)
+    if dinfo.is_main:
+        log.info("%s (%s weights, %s backbone) -> %d classes on %s, %d loader workers, feature cache %s",
+                 cfg.backbone, cfg.weights, "frozen" if cfg.freeze_backbone else "trainable", len(classes), device,
+                 workers, "on" if cfg.uses_feature_cache else "off")
+
+    if cfg.uses_feature_cache:
+        cache_dir = Path(cfg.feature_cache) if cfg.feature_cache else None
+        splits = {"train": train_samples, "valid": valid_samples, **({"test": test_samples} if test_samples else {})}
+        feats = {s: cached_features(body, s, smp, cfg, prep, device, workers, cache_dir, dinfo.is_main)
+                 for s, smp in splits.items()}
+        datasets = {s: TensorDataset(*xy) for s, xy in feats.items()}
+        trained = model.head
+        loader_workers, loader_pin = 0, False
+    else:
+        datasets = {"train": ImageSamples(train_samples, train_transform(prep, cfg.augment)),
+                    "valid": ImageSamples(valid_samples, eval_transform(prep))}
+        if test_samples:
+            datasets["test"] = ImageSamples(test_samples, eval_transform(prep))
+        trained = model
+        loader_workers, loader_pin = workers, pin
+    loaders = {s: make_loader(ds, cfg.batch_size, shuffle=s == "train", seed=cfg.seed, dinfo=dinfo,
+                              workers=loader_workers, pin=loader_pin) for s, ds in datasets.items()}
+
+    net: nn.Module = trained
+    if dinfo.enabled:
+        net = nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
+                 else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp)
+    criterion = nn.CrossEntropyLoss()
+
+    result = FitResult(class_names=classes)
+    best_loss, bad_epochs = math.inf, 0
+    best_state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+    start_epoch = 1
+    if state is not None:
+        trained.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        best_state, best_loss = state["best_state"], state["best_loss"]
+        bad_epochs, result.history = state["bad_epochs"], state["history"]
+        result.best_epoch = state["best_epoch"]
+        start_epoch = result.resumed_from = state["epoch"] + 1
+        if dinfo.is_main:
+            emit(f"resuming from the checkpoint of epoch {state['epoch']} ({ckpt_path})")
+        if state.get("stopped_early"):
+            start_epoch = cfg.epochs + 1
+            result.stopped_early = True
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed + epoch)  # augmentation randomness depends only on (seed, epoch)
+        loaders["train"].sampler.set_epoch(epoch)
+        tr = _reduce_train(train_one_epoch(net, criterion, optimizer, loaders["train"], device, scaler,
+                                           desc=f"epoch {epoch}"), device, dinfo)
+        va = evaluate(trained, criterion, loaders["valid"], device, len(classes), dinfo)
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "valid_loss": va["loss"],
+               "valid_accuracy": va["accuracy"], "seconds": time.perf_counter() - t0}
+        result.history.append(row)
+        if va["loss"] < best_loss:
+            best_loss, bad_epochs, result.best_epoch = va["loss"], 0, epoch
+            best_state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+        else:
+            bad_epochs += 1
+        stop = cfg.patience > 0 and bad_epochs >= cfg.patience and epoch < cfg.epochs
+        if dinfo.is_main:
+            emit(format_metrics("train", epoch, loss=tr["loss"], accuracy=tr["accuracy"]))
+            emit(format_metrics("valid", epoch, loss=va["loss"], accuracy=va["accuracy"]))
+            if ckpt_path is not None:
+                save_checkpoint(ckpt_path, {
+                    "epoch": epoch, "model": trained.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "best_state": best_state,
+                    "best_loss": best_loss, "best_epoch": result.best_epoch, "bad_epochs": bad_epochs,
+                    "history": result.history, "hyperparameters": _resume_identity(cfg), "stopped_early": stop,
+                })
+                emit(f"checkpoint saved epoch={epoch}")
+        if dinfo.enabled:
+            dist.barrier()
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        if stop:
+            result.stopped_early = True
+            if dinfo.is_main:
+                emit(f"early stopping after epoch {epoch}: validation loss did not improve for {cfg.patience} epochs")
+            break
+
+    trained.load_state_dict(best_state)
+    va = evaluate(trained, criterion, loaders["valid"], device, len(classes), dinfo)
+    result.best_valid = va
+    if "test" in loaders:
+        result.test = evaluate(trained, criterion, loaders["test"], device, len(classes), dinfo)
+    if dinfo.is_main:
+        # The last valid line is the model that is kept: the value SageMaker's tuner and the local tuner read.
+        emit(format_metrics("valid", "best", loss=va["loss"], accuracy=va["accuracy"]))
+        if result.test is not None:
+            emit(format_metrics("test", "final", loss=result.test["loss"], accuracy=result.test["accuracy"]))
+        save_model(model.cpu(), mcfg, paths.model_dir)
+        write_code_slot(paths.model_dir)
+        result.seconds = time.perf_counter() - started
+        atomic_write_json(paths.output_dir / "metrics.json", {
+            "class_names": classes, "history": result.history, "best_epoch": result.best_epoch,
+            "valid": va, "test": result.test, "stopped_early": result.stopped_early,
+            "resumed_from": result.resumed_from, "hyperparameters": cfg.to_dict(), "seconds": result.seconds,
+        })
+    return result
+
+
+def write_code_slot(model_dir: Path) -> None:
+    """``code/`` of SageMaker's PyTorch model.tar.gz: the inference handler and what it imports."""
+    from helpers.packaging import stage_inference_code
+
+    stage_inference_code(model_dir / "code")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def str2bool(v: str | bool) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a torchvision transfer-learning classifier (SageMaker entry point).")
+    types = {bool: str2bool, int: int, float: float, str: str}
+    for f in fields(TrainConfig):
+        dashed, under = f"--{f.name.replace('_', '-')}", f"--{f.name}"
+        flags = [dashed] if dashed == under else [dashed, under]
+        p.add_argument(*flags, dest=f.name, type=types[type(f.default)], default=f.default,
+                       help=f"(default: {f.default!r})")
+    p.add_argument("--data-dir", help="folder holding train/ valid/ test/ (instead of SM_CHANNEL_*)")
+    p.add_argument("--train", help="train split folder (default: SM_CHANNEL_TRAIN)")
+    p.add_argument("--valid", help="valid split folder (default: SM_CHANNEL_VALID)")
+    p.add_argument("--test", help="test split folder (default: SM_CHANNEL_TEST)")
+    p.add_argument("--model-dir", "--model_dir", dest="model_dir", help="default: SM_MODEL_DIR")
+    p.add_argument("--output-dir", "--output_dir", dest="output_dir", help="default: SM_OUTPUT_DATA_DIR")
+    p.add_argument("--checkpoint-dir", "--checkpoint_dir", dest="checkpoint_dir",
+                   help="default: SM_CHECKPOINT_DIR, or /opt/ml/checkpoints on SageMaker")
+    p.add_argument("--restart", type=str2bool, nargs="?", const=True, default=False,
+                   help="ignore an unusable checkpoint and start fresh")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    args = get_args_parser().parse_args(argv)
+    try:
+        cfg = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        paths = resolve_paths(args, env)
+        dinfo = dist_info(env)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    log.info("hosts %s, current host %s, %s GPU(s), rank %d of %d", env.get("SM_HOSTS", "[]"),
+             env.get("SM_CURRENT_HOST", "-"), env.get("SM_NUM_GPUS", "?"), dinfo.rank, dinfo.world_size)
+    if dinfo.enabled:
+        backend = "nccl" if torch.cuda.is_available() and env.get("SM_NUM_GPUS", "1") != "0" else "gloo"
+        dist.init_process_group(backend)
+    try:
+        fit(cfg, paths, dinfo=dinfo, env=env, restart=args.restart)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if dinfo.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

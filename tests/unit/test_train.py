@@ -1,0 +1,224 @@
+import argparse
+import json
+import shutil
+
+import pytest
+
+from helpers import metrics, train
+from helpers.train import JobPaths, TrainConfig, TrainingError
+
+
+@pytest.fixture
+def paths(tmp_path, synthetic_root):
+    def make(name="run", **over):
+        base = tmp_path / name
+        kw = dict(train=synthetic_root / "train", valid=synthetic_root / "valid", test=synthetic_root / "test",
+                  model_dir=base / "model", output_dir=base / "output", checkpoint_dir=base / "ckpt")
+        kw.update(over)
+        return JobPaths(**kw)
+    return make
+
+
+FAST = dict(image_size=32, batch_size=8, epochs=3, lr=0.01, num_workers=0)
+
+
+def quiet(lines):
+    return lambda line: lines.append(line)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(lr=0), "lr must be a positive"), (dict(lr=-1.0), "lr must be a positive"),
+    (dict(batch_size=0), "batch_size must be"), (dict(epochs=0), "epochs must be"),
+    (dict(backbone="resnet5"), "resnet18, resnet34"), (dict(head="big"), "head"),
+])
+def test_bad_hyperparameters(bad, match):
+    with pytest.raises(TrainingError, match=match):
+        TrainConfig(**bad)
+
+
+def test_args_accept_sagemaker_style_names():
+    args = train.get_args_parser().parse_args(
+        ["--batch_size", "32", "--lr", "0.5", "--freeze_backbone", "False", "--image-size", "96"])
+    assert (args.batch_size, args.lr, args.freeze_backbone, args.image_size) == (32, 0.5, False, 96)
+    with pytest.raises(SystemExit):
+        train.get_args_parser().parse_args(["--augment", "maybe"])
+
+
+def ns(**kw):
+    base = dict(data_dir=None, train=None, valid=None, test=None, model_dir=None, output_dir=None,
+                checkpoint_dir=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_paths_from_sagemaker_environment(tmp_path):
+    env = {"SM_CHANNEL_TRAIN": "/opt/ml/input/data/train", "SM_CHANNEL_VALID": "/opt/ml/input/data/valid",
+           "SM_MODEL_DIR": "/opt/ml/model", "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data", "SM_CURRENT_HOST": "algo-1"}
+    p = train.resolve_paths(ns(), env)
+    assert str(p.train) == "/opt/ml/input/data/train" and p.test is None
+    assert str(p.model_dir) == "/opt/ml/model" and str(p.checkpoint_dir) == "/opt/ml/checkpoints"
+    p = train.resolve_paths(ns(), {**env, "SM_CHECKPOINT_DIR": "/ck"})
+    assert str(p.checkpoint_dir) == "/ck"
+
+
+def test_paths_from_plain_flags(synthetic_root, tmp_path):
+    p = train.resolve_paths(ns(data_dir=str(synthetic_root), model_dir=str(tmp_path / "m")), {})
+    assert p.train == synthetic_root / "train" and p.test == synthetic_root / "test"
+    assert p.output_dir == tmp_path / "output" and p.checkpoint_dir is None
+    with pytest.raises(TrainingError, match="--data-dir"):
+        train.resolve_paths(ns(model_dir="m"), {})
+    with pytest.raises(TrainingError, match="--model-dir"):
+        train.resolve_paths(ns(data_dir=str(synthetic_root)), {})
+
+
+def test_distributed_environment():
+    assert train.dist_info({}) == train.DistInfo()
+    d = train.dist_info({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "SM_HOSTS": '["algo-1", "algo-2"]'})
+    assert d.enabled and not d.is_main
+    with pytest.raises(TrainingError, match="torch_distributed"):
+        train.dist_info({"SM_HOSTS": '["algo-1", "algo-2"]'})
+
+
+def test_workers_sized_to_the_cores(monkeypatch):
+    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert train.default_workers() == 2 and train.default_workers(2) == 0
+    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert train.default_workers() == 8 and train.default_workers(4) == 8
+
+
+def test_fit_writes_the_sagemaker_artifact_and_metrics(paths):
+    lines = []
+    p = paths()
+    r = train.fit(TrainConfig(**FAST), p, emit=quiet(lines))
+    assert [h["epoch"] for h in r.history] == [1, 2, 3]
+    assert sorted(x.name for x in p.model_dir.iterdir()) == ["code", "model.pth", "model_config.json"]
+    assert (p.model_dir / "code" / "inference.py").is_file() and (p.model_dir / "code" / "requirements.txt").is_file()
+    cfg = json.loads((p.model_dir / "model_config.json").read_text())
+    assert cfg["class_names"] == ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
+    assert cfg["preprocessing"]["image_size"] == 32 and cfg["backbone"] == "resnet18"
+    saved = json.loads((p.output_dir / "metrics.json").read_text())
+    assert len(saved["test"]["per_class_accuracy"]) == 3
+    parsed = metrics.parse_log("\n".join(lines))
+    assert parsed["valid:accuracy"][:3] == pytest.approx([h["valid_accuracy"] for h in r.history], abs=1e-5)
+    assert parsed["valid:accuracy"][-1] == pytest.approx(r.best_valid["accuracy"], abs=1e-5)
+    assert parsed["test:accuracy"] == [pytest.approx(r.test["accuracy"], abs=1e-5)]
+    assert r.best_valid["accuracy"] > 0.5  # the synthetic classes are easy
+
+
+def test_seeded_runs_are_identical(paths):
+    a = train.fit(TrainConfig(**FAST), paths("a", checkpoint_dir=None), emit=quiet([]))
+    b = train.fit(TrainConfig(**FAST), paths("b", checkpoint_dir=None), emit=quiet([]))
+    assert a.history[-1]["valid_loss"] == b.history[-1]["valid_loss"]
+
+
+def test_interrupted_training_resumes_without_losing_or_repeating_an_epoch(paths):
+    p = paths()
+    cfg = TrainConfig(**{**FAST, "epochs": 5, "patience": 0})
+
+    def crash(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process dies right after epoch 2's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, p, on_epoch=crash, emit=quiet([]))
+    lines = []
+    seen = []
+    r = train.fit(cfg, p, emit=quiet(lines), on_epoch=lambda e, row: seen.append(e))
+    assert r.resumed_from == 3 and seen == [3, 4, 5]
+    assert [h["epoch"] for h in r.history] == [1, 2, 3, 4, 5]
+    assert lines[0].startswith("resuming from the checkpoint of epoch 2")
+    straight = train.fit(cfg, paths("straight", checkpoint_dir=None), emit=quiet([]))
+    assert [h["valid_loss"] for h in r.history] == pytest.approx([h["valid_loss"] for h in straight.history])
+
+
+def test_full_path_with_trainable_backbone_and_augmentation(paths):
+    cfg = TrainConfig(**{**FAST, "backbone": "mobilenet_v3_small", "freeze_backbone": False, "augment": True,
+                         "epochs": 2})
+    assert not cfg.uses_feature_cache
+    r = train.fit(cfg, paths(), emit=quiet([]))
+    assert len(r.history) == 2 and r.test is not None
+
+
+def test_feature_cache_is_reused(paths, tmp_path):
+    cache = tmp_path / "cache"
+    cfg = TrainConfig(**FAST, feature_cache=str(cache))
+    train.fit(cfg, paths("a", checkpoint_dir=None), emit=quiet([]))
+    files = sorted(cache.iterdir())
+    assert len(files) == 3 and all(f.name.startswith("resnet18-32-") for f in files)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    train.fit(TrainConfig(**{**FAST, "lr": 0.05}, feature_cache=str(cache)), paths("b", checkpoint_dir=None),
+              emit=quiet([]))
+    assert [f.stat().st_mtime_ns for f in sorted(cache.iterdir())] == stamps  # other lr: same features
+
+
+def test_early_stopping(paths):
+    lines = []
+    r = train.fit(TrainConfig(**{**FAST, "lr": 5.0, "epochs": 8, "patience": 1, "optimizer": "sgd"}), paths(),
+                  emit=quiet(lines))
+    assert r.stopped_early and len(r.history) < 8
+    assert any(line.startswith("early stopping after epoch") for line in lines)
+
+
+def test_corrupt_checkpoint_is_an_error_unless_restart(paths):
+    p = paths()
+    p.checkpoint_dir.mkdir(parents=True)
+    (p.checkpoint_dir / "checkpoint.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(TrainingError, match="corrupt.*--restart"):
+        train.fit(TrainConfig(**FAST), p, emit=quiet([]))
+    assert not p.model_dir.joinpath("model.pth").exists()
+    r = train.fit(TrainConfig(**FAST), p, restart=True, emit=quiet([]))
+    assert r.resumed_from == 0 and len(r.history) == 3
+
+
+def test_checkpoint_of_another_run_is_refused(paths):
+    p = paths()
+    train.fit(TrainConfig(**FAST), p, emit=quiet([]))
+    with pytest.raises(TrainingError, match="other hyperparameters"):
+        train.fit(TrainConfig(**{**FAST, "lr": 0.02}), p, emit=quiet([]))
+
+
+def test_bad_inputs_fail_before_any_expensive_work(paths, tmp_path, synthetic_root, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the backbone was built before the inputs were checked")
+
+    monkeypatch.setattr(train, "build_body", boom)
+    one = tmp_path / "one"
+    shutil.copytree(synthetic_root / "train" / "001.Affenpinscher", one / "train" / "001.Affenpinscher")
+    with pytest.raises(TrainingError, match="at least 2"):
+        train.fit(TrainConfig(**FAST), paths(train=one / "train"), emit=quiet([]))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TrainingError, match="model folder .* is not writable"):
+        train.fit(TrainConfig(**FAST), paths(model_dir=blocker / "model"), emit=quiet([]))
+    extra = tmp_path / "extra"
+    shutil.copytree(synthetic_root / "valid", extra)
+    shutil.copytree(extra / "001.Affenpinscher", extra / "999.Wolf")
+    with pytest.raises(TrainingError, match="999.Wolf"):
+        train.fit(TrainConfig(**FAST), paths(valid=extra), emit=quiet([]))
+
+
+def test_unreadable_images_are_skipped(tmp_path):
+    from helpers.data import make_synthetic
+
+    root = make_synthetic(tmp_path / "d", num_classes=2, images_per_class=8, corrupt=2)
+    p = JobPaths(root / "train", root / "valid", None, tmp_path / "m", tmp_path / "o", None)
+    r = train.fit(TrainConfig(**{**FAST, "epochs": 1}), p, emit=quiet([]))
+    assert r.history[0]["epoch"] == 1
+
+
+def test_main_reports_bad_input_without_a_traceback(capsys, synthetic_root, tmp_path):
+    rc = train.main(["--data-dir", str(synthetic_root), "--model-dir", str(tmp_path / "m"), "--lr", "0"], env={})
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "lr must be a positive number" in err and "Traceback" not in err
+
+
+def test_metric_regexes_are_the_sagemaker_definitions():
+    defs = metrics.metric_definitions()
+    assert {d["Name"] for d in defs} == set(metrics.METRIC_REGEXES)
+    line = metrics.format_metrics("valid", 3, loss=0.25, accuracy=0.875)
+    assert line == "#metrics split=valid epoch=3 loss=0.25 accuracy=0.875"
+    assert metrics.parse_line(line) == {"valid:loss": 0.25, "valid:accuracy": 0.875}
+    assert metrics.parse_line("#metrics split=train epoch=1 loss=1e-05 accuracy=1") == {
+        "train:loss": 1e-05, "train:accuracy": 1.0}
+    assert metrics.parse_line("INFO valid accuracy=0.9") == {}
+    assert metrics.OBJECTIVE_METRIC.startswith("valid:")
