@@ -8,6 +8,7 @@ import pytest
 
 def pytest_configure(config):
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     # Notebook kernels inherit the environment: keep every test run's datasets and manifest out of .work/.
     if "SAGEBOOK_WORK_DIR" not in os.environ:
         os.environ["SAGEBOOK_WORK_DIR"] = tempfile.mkdtemp(prefix="sagebook-tests-")

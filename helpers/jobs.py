@@ -18,6 +18,7 @@ The log is streamed while the job runs and parsed with the same regexes as the S
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -81,6 +82,12 @@ class JobResult:
     @classmethod
     def load(cls, job_dir: str | os.PathLike[str]) -> "JobResult":
         return cls(**json.loads((Path(job_dir) / "job.json").read_text()))
+
+
+def job_name(prefix: str, hyperparameters: Mapping[str, Any]) -> str:
+    """``prefix-<hash>``: the same hyperparameters give the same job (a rerun resumes it), others a new one."""
+    digest = hashlib.sha256(json.dumps(dict(hyperparameters), sort_keys=True, default=str).encode()).hexdigest()
+    return f"{prefix}-{digest[:10]}"
 
 
 def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:

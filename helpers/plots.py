@@ -89,3 +89,43 @@ def size_distribution(report: DatasetReport) -> Figure:
     for ax in (ax1, ax2):
         ax.spines[["top", "right"]].set_visible(False)
     return fig
+
+
+STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#bbbbbb", "FAIL": "#d62728", "RUNNING": "#ff7f0e"}
+
+
+def tuning_history(trials, objective: str = "valid:accuracy") -> Figure:
+    """Objective per trial (pruned trials at their last reported value) with the best-so-far line."""
+    fig = Figure(figsize=(8, 3.6), layout="tight")
+    ax = fig.subplots()
+    for state, group in trials.groupby("state"):
+        ax.scatter(group.number, group.value, label=f"{state.lower()} ({len(group)})",
+                   color=STATE_COLORS.get(state, "k"), s=30, zorder=3)
+    done = trials[trials.state == "COMPLETE"].sort_values("number")
+    if len(done):
+        ax.step(done.number, done.value.cummax(), where="post", color="#2ca02c", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.set_title("Objective per trial")
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def tuning_parameters(trials, params: tuple[str, ...] = ("lr", "batch_size", "epochs"),
+                      objective: str = "valid:accuracy") -> Figure:
+    """The objective against each tuned parameter (log scale for the learning rate)."""
+    params = tuple(p for p in params if p in trials)
+    fig = Figure(figsize=(3.4 * len(params), 3.2), layout="tight")
+    axes = fig.subplots(1, len(params), squeeze=False)[0]
+    for ax, p in zip(axes, params):
+        for state, group in trials.groupby("state"):
+            ax.scatter(group[p], group.value, color=STATE_COLORS.get(state, "k"), s=24, label=state.lower())
+        if p == "lr":
+            ax.set_xscale("log")
+        ax.set_xlabel(p)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_ylabel(objective)
+    axes[-1].legend(frameon=False, fontsize=8)
+    fig.suptitle("Objective by hyperparameter")
+    return fig

@@ -461,8 +461,12 @@ def _check_writable(folder: Path, what: str) -> None:
 
 def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env: Mapping[str, str] | None = None,
         restart: bool = False, on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-        emit: Callable[[str], None] = lambda line: print(line, flush=True)) -> FitResult:
-    """Train, validate each epoch, stop early, checkpoint, test the best model and write the artifact."""
+        emit: Callable[[str], None] = lambda line: print(line, flush=True), write_artifacts: bool = True) -> FitResult:
+    """Train, validate each epoch, stop early, checkpoint, test the best model and write the artifact.
+
+    ``on_epoch(epoch, row)`` is called after each epoch (a tuner reports and prunes there);
+    ``write_artifacts=False`` skips the model and metrics files (tuning trials keep only their numbers).
+    """
     env = os.environ if env is None else env
     started = time.perf_counter()
     # Cheap checks first: nothing expensive happens before the inputs are known to be usable.
@@ -470,7 +474,7 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     train_samples = list_samples(paths.train, classes)
     valid_samples = list_samples(paths.valid, classes)
     test_samples = list_samples(paths.test, classes) if paths.test and paths.test.is_dir() else None
-    if dinfo.is_main:
+    if dinfo.is_main and write_artifacts:
         _check_writable(paths.model_dir, "model folder")
         _check_writable(paths.output_dir, "output folder")
     ckpt_path = paths.checkpoint_dir / CHECKPOINT_FILE if paths.checkpoint_dir else None
@@ -589,9 +593,10 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
         emit(format_metrics("valid", "best", loss=va["loss"], accuracy=va["accuracy"]))
         if result.test is not None:
             emit(format_metrics("test", "final", loss=result.test["loss"], accuracy=result.test["accuracy"]))
+    result.seconds = time.perf_counter() - started
+    if dinfo.is_main and write_artifacts:
         save_model(model.cpu(), mcfg, paths.model_dir)
         write_code_slot(paths.model_dir)
-        result.seconds = time.perf_counter() - started
         atomic_write_json(paths.output_dir / "metrics.json", {
             "class_names": classes, "history": result.history, "best_epoch": result.best_epoch,
             "valid": va, "test": result.test, "stopped_early": result.stopped_early,

@@ -119,3 +119,30 @@ def test_only_runs_the_selected_chapters_and_stubs_the_rest(tmp_path):
     stub = nbformat.read(str(tmp_path / "book" / "02_two.ipynb"), as_version=4)
     assert "has not been executed yet" in stub.cells[1].source
     assert all(not c.get("outputs") for c in stub.cells if c.cell_type == "code")
+
+
+def execute(name: str, out_dir: Path, **parameters):
+    return papermill.execute_notebook(
+        str(ROOT / "notebooks" / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), cwd=str(ROOT / "notebooks"),
+        progress_bar=False, parameters=parameters)
+
+
+@pytest.mark.slow
+def test_chapter_02_before_01_names_the_chapter_to_run(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="run chapter 01_data first"):
+        execute("02_hpo", tmp_path, work_dir=str(tmp_path / "work"), dataset="synthetic")
+
+
+@pytest.mark.slow
+def test_chapter_02_tunes_another_backbone(tmp_path):
+    common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
+              "synthetic_images": 10}
+    execute("01_data", tmp_path, **common)
+    nb = execute("02_hpo", tmp_path, **common, backbone="mobilenet_v3_small", n_trials=4)
+    rec = Manifest.load(tmp_path / "work").require("hpo", backbone="mobilenet_v3_small")
+    assert set(rec["hyperparameters"]) == {"lr", "batch_size", "epochs"} and rec["trials"] == 4
+    assert rec["objective"]["metric"] == "valid:accuracy"
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "The best of 4 trials reached valid:accuracy" in text and ": Completed in" in text

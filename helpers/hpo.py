@@ -1,0 +1,275 @@
+"""Hyperparameter tuning: one search space, translated to Optuna (local) and to SageMaker's ranges.
+
+The objective is the validation accuracy of the kept model (``valid:accuracy``, the last value the
+training script prints). The test split is never seen while tuning: trials get only train and valid.
+
+Locally, trials run in-process through :func:`helpers.train.fit` under Optuna's TPE sampler, with a
+median pruner fed the per-epoch validation accuracy, and an SQLite study in the work dir, so an
+interrupted study resumes where it stopped. With a frozen backbone and no augmentation every trial
+trains the head on backbone features computed once (:mod:`helpers.train`'s feature cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from helpers.config import RunConfig
+from helpers.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
+from helpers.train import JobPaths, TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[Any, ...]
+
+
+#: The search space, defined once: translated by :func:`sagemaker_ranges` and :func:`suggest`.
+SEARCH_SPACE: dict[str, LogUniform | IntRange | Choice] = {
+    "lr": LogUniform(1e-4, 1e-1),
+    "batch_size": Choice((32, 64, 128)),
+    "epochs": IntRange(2, 8),
+}
+
+
+def describe_space(space: Mapping[str, Any] = SEARCH_SPACE) -> list[dict[str, str]]:
+    """Rows for a table: parameter, kind, range, SageMaker type."""
+    rows = []
+    for name, dim in space.items():
+        if isinstance(dim, LogUniform):
+            rows.append({"parameter": name, "kind": "continuous, log scale", "range": f"{dim.low:g} .. {dim.high:g}",
+                         "SageMaker": "ContinuousParameter(scaling_type='Logarithmic')"})
+        elif isinstance(dim, IntRange):
+            rows.append({"parameter": name, "kind": "integer", "range": f"{dim.low} .. {dim.high}",
+                         "SageMaker": "IntegerParameter"})
+        else:
+            rows.append({"parameter": name, "kind": "categorical", "range": ", ".join(map(str, dim.values)),
+                         "SageMaker": "CategoricalParameter"})
+    return rows
+
+
+def sagemaker_ranges(space: Mapping[str, Any] = SEARCH_SPACE) -> dict[str, Any]:
+    """``hyperparameter_ranges`` for SageMaker's ``HyperparameterTuner``."""
+    from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
+
+    out: dict[str, Any] = {}
+    for name, dim in space.items():
+        if isinstance(dim, LogUniform):
+            out[name] = ContinuousParameter(dim.low, dim.high, scaling_type="Logarithmic")
+        elif isinstance(dim, IntRange):
+            out[name] = IntegerParameter(dim.low, dim.high)
+        else:
+            out[name] = CategoricalParameter(list(dim.values))
+    return out
+
+
+def suggest(trial: Any, space: Mapping[str, Any] = SEARCH_SPACE) -> dict[str, Any]:
+    """Sample one point of the space with an Optuna trial."""
+    out: dict[str, Any] = {}
+    for name, dim in space.items():
+        if isinstance(dim, LogUniform):
+            out[name] = trial.suggest_float(name, dim.low, dim.high, log=True)
+        elif isinstance(dim, IntRange):
+            out[name] = trial.suggest_int(name, dim.low, dim.high)
+        else:
+            out[name] = trial.suggest_categorical(name, list(dim.values))
+    return out
+
+
+def coerce(name: str, value: Any, space: Mapping[str, Any] = SEARCH_SPACE) -> Any:
+    """A tuned value as the type its dimension holds (SageMaker hands every hyperparameter back as text)."""
+    dim = space[name]
+    if isinstance(dim, LogUniform):
+        return float(value)
+    if isinstance(dim, IntRange):
+        return int(value)
+    return next((v for v in dim.values if str(v) == str(value)), value)
+
+
+def static_hyperparameters(cfg: RunConfig, **overrides: Any) -> dict[str, Any]:
+    """The hyperparameters every trial shares: model and input choices from the run configuration."""
+    return {"backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size, "seed": cfg.seed,
+            "freeze_backbone": True, "augment": False, "patience": 3, **overrides}
+
+
+@dataclass
+class TuningResult:
+    """What either engine found, in one shape for tables, plots, insights and the manifest."""
+
+    engine: str
+    trials: Any  # pandas DataFrame: number, state, value, duration_s, epochs_run, and one column per parameter
+    best_hyperparameters: dict[str, Any]
+    best_value: float
+    static: dict[str, Any]
+    wall_s: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def manifest_record(self) -> dict[str, Any]:
+        return {"engine": self.engine, "objective": {"metric": OBJECTIVE_METRIC, "type": OBJECTIVE_TYPE,
+                                                     "value": self.best_value},
+                "hyperparameters": self.best_hyperparameters, "static": self.static,
+                "trials": int(len(self.trials)), "wall_s": round(self.wall_s, 2), **self.details}
+
+
+# --------------------------------------------------------------------------------------------------
+# Local engine: Optuna
+
+
+def study_storage(work_dir: Path, study_name: str) -> str:
+    path = work_dir / "hpo" / f"{study_name}.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _fail_stale_trials(study: Any) -> int:
+    """Trials left RUNNING by a process that died are marked FAIL so the study can go on."""
+    from optuna.trial import TrialState
+
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    return len(stale)
+
+
+def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n_jobs: int = 1, prune: bool = True,
+               feature_cache: bool = True, study_name: str | None = None, timeout_s: float | None = None,
+               space: Mapping[str, Any] = SEARCH_SPACE, static: Mapping[str, Any] | None = None,
+               storage: str | None = None) -> TuningResult:
+    """Run (or resume) an Optuna study of ``n_trials`` trials on the data stage's train and valid splits."""
+    with warnings.catch_warnings():  # optuna imports tqdm.auto, which warns when ipywidgets is absent
+        warnings.simplefilter("ignore")
+        import optuna
+
+    static = dict(static or static_hyperparameters(cfg))
+    if study_name is None:
+        fingerprint = hashlib.sha256(json.dumps([static, repr(dict(space)), prune, data["root"]],
+                                                sort_keys=True, default=str).encode()).hexdigest()[:8]
+        study_name = f"{cfg.backbone}-{Path(data['root']).name}-{cfg.image_size}px-{fingerprint}"
+    storage = storage or study_storage(cfg.work_path, study_name)
+    cache_dir = cfg.work_path / "cache" / "features"
+    splits = data["splits"]
+    paths = JobPaths(train=Path(splits["train"]), valid=Path(splits["valid"]), test=None,
+                     model_dir=cfg.work_path / "hpo" / "unused", output_dir=cfg.work_path / "hpo" / "unused",
+                     checkpoint_dir=None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if prune else optuna.pruners.NopPruner()
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=5),
+                                pruner=pruner)
+    if n := _fail_stale_trials(study):
+        log.warning("%d trial(s) of an interrupted run were marked failed", n)
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    remaining = max(0, n_trials - len(finished))
+    if finished:
+        log.info("study %s: %d trial(s) already done, %d to go", study_name, len(finished), remaining)
+
+    def objective(trial: Any) -> float:
+        hp = suggest(trial, space)
+        tc = TrainConfig(**{**static, **hp, "num_workers": 0 if feature_cache else -1,
+                            "feature_cache": str(cache_dir) if feature_cache else "",
+                            "use_feature_cache": feature_cache})
+        t0 = time.perf_counter()
+
+        def report(epoch: int, row: dict[str, Any]) -> None:
+            trial.set_user_attr("epochs_run", epoch)
+            trial.report(row["valid_accuracy"], epoch)
+            if trial.should_prune():
+                trial.set_user_attr("duration_s", time.perf_counter() - t0)
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        r = fit(tc, paths, on_epoch=report, emit=lambda line: None, write_artifacts=False)
+        trial.set_user_attr("duration_s", time.perf_counter() - t0)
+        trial.set_user_attr("best_epoch", r.best_epoch)
+        return float(r.best_valid["accuracy"])
+
+    start = time.perf_counter()
+    if remaining:
+        from helpers.progress import bar
+
+        with bar(total=remaining, desc="trials", unit="trial") as pbar:
+            study.optimize(objective, n_trials=remaining, n_jobs=n_jobs, timeout=timeout_s,
+                           callbacks=[lambda s, t: pbar.update(1)], catch=())
+    wall = time.perf_counter() - start
+    return _result_from_study(study, static, wall, new_trials=remaining)
+
+
+def _result_from_study(study: Any, static: dict[str, Any], wall: float, new_trials: int) -> TuningResult:
+    import pandas as pd
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+                     **{k: t.params.get(k) for k in SEARCH_SPACE},
+                     "epochs_run": t.user_attrs.get("epochs_run"), "duration_s": t.user_attrs.get("duration_s")})
+    trials = pd.DataFrame(rows)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"Study {study.study_name} has no completed trial; see the trials table for failures.")
+    best = study.best_trial
+    return TuningResult(engine="optuna", trials=trials, best_hyperparameters=dict(best.params),
+                        best_value=float(best.value), static=static, wall_s=wall,
+                        details={"study": study.study_name, "best_trial": best.number,
+                                 "pruned": int(sum(t.state == TrialState.PRUNED for t in study.trials)),
+                                 "new_trials": new_trials})
+
+
+# --------------------------------------------------------------------------------------------------
+# What the chapter shows
+
+
+def insights(result: TuningResult) -> list[str]:
+    """Plain-language findings computed from the trials."""
+    import numpy as np
+
+    df = result.trials
+    done = df[df.state == "COMPLETE"]
+    pruned = df[df.state == "PRUNED"]
+    best = result.best_hyperparameters
+    out = [f"The best of {len(df)} trials reached {OBJECTIVE_METRIC} = {result.best_value:.4f} with "
+           + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items()) + "."]
+    if len(done) >= 2:
+        spread = done.value.max() - done.value.min()
+        out.append(f"Completed trials ranged from {done.value.min():.4f} to {done.value.max():.4f} "
+                   f"({spread * 100:.1f} points): {'the choice matters' if spread > 0.05 else 'most settings work about as well'}.")
+    if len(done) >= 4 and "lr" in done:
+        corr = float(np.corrcoef(np.log10(done.lr.astype(float)), done.value.astype(float))[0, 1])
+        if math.isfinite(corr) and abs(corr) >= 0.3:
+            out.append(f"{'Higher' if corr > 0 else 'Lower'} learning rates did better within this range "
+                       f"(correlation of log10(lr) with the objective: {corr:+.2f}).")
+        elif math.isfinite(corr):
+            out.append(f"The learning rate alone explains little of the objective (correlation {corr:+.2f}).")
+    if len(pruned):
+        saved = pruned.epochs.astype(float).sum() - pruned.epochs_run.fillna(0).astype(float).sum()
+        out.append(f"{len(pruned)} trial(s) were pruned early by the median rule, skipping {saved:.0f} of their "
+                   f"planned epochs.")
+    if "duration_s" in df and df.duration_s.notna().any():
+        line = (f"Trials took {df.duration_s.median():.2f} s each (median), {df.duration_s.sum():.1f} s in all")
+        new = result.details.get("new_trials")
+        if new == 0:
+            line += "; they were all loaded from the stored study, so this run trained nothing"
+        elif new is not None and new < len(df):
+            line += f"; {len(df) - new} came from the stored study and {new} ran now ({result.wall_s:.1f} s)"
+        out.append(line + ".")
+    return out

@@ -1,0 +1,98 @@
+"""Training and tuning jobs built by the SageMaker SDK and submitted to moto."""
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from helpers import hpo, sagemaker_jobs
+from helpers.config import SAGEMAKER_FRAMEWORK_VERSION, RunConfig
+from helpers.metrics import METRIC_REGEXES
+
+pytestmark = pytest.mark.aws
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+
+
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="sagebook-test")
+        cfg = RunConfig(backend="sagemaker", s3_prefix="s3://sagebook-test/run", region="us-east-1",
+                        work_dir=str(tmp_path))
+        sess = sagemaker_jobs.session(cfg)
+        sent = {}
+
+        def capture(params, model, **kwargs):  # the request exactly as botocore sends it to (moto's) SageMaker
+            sent[model.name] = params
+
+        sess.sagemaker_client.meta.events.register("before-parameter-build.sagemaker", capture)
+        yield cfg, sess, sent
+
+
+DATA = {"s3_uri": "s3://sagebook-test/run/data/digits",
+        "splits": {"train": "/x/digits/train", "valid": "/x/digits/valid", "test": "/x/digits/test"}}
+
+
+def test_training_job_request(aws):
+    cfg, sess, sent = aws
+    est = sagemaker_jobs.estimator(cfg, role=ROLE, hyperparameters={"lr": 0.01, "epochs": 3}, sagemaker_session=sess,
+                                   instance_count=2, use_spot=True)
+    est.fit(sagemaker_jobs.channels(DATA), wait=False)
+    d = sent["CreateTrainingJob"]
+    assert sess.sagemaker_client.describe_training_job(TrainingJobName=d["TrainingJobName"])  # moto accepted it
+    spec = d["AlgorithmSpecification"]
+    assert f"pytorch-training:{SAGEMAKER_FRAMEWORK_VERSION}" in spec["TrainingImage"]
+    assert {m["Name"]: m["Regex"] for m in spec["MetricDefinitions"]} == METRIC_REGEXES
+    hp = d["HyperParameters"]
+    assert json.loads(hp["lr"]) == 0.01 and json.loads(hp["sagemaker_program"]) == "train.py"
+    assert json.loads(hp["sagemaker_torch_distributed_enabled"]) is True
+    chans = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in d["InputDataConfig"]}
+    assert chans == {"train": "s3://sagebook-test/run/data/digits/train",
+                     "valid": "s3://sagebook-test/run/data/digits/valid",
+                     "test": "s3://sagebook-test/run/data/digits/test"}
+    assert d["ResourceConfig"]["InstanceCount"] == 2
+    assert d["CheckpointConfig"]["S3Uri"] == "s3://sagebook-test/run/checkpoints"
+    # the source_dir tarball was uploaded with the entry point, the helpers it imports and requirements.txt
+    code = json.loads(hp["sagemaker_submit_directory"])
+    assert code.startswith("s3://sagebook-test/run/code/")
+
+
+def test_tuning_job_request(aws):
+    cfg, sess, sent = aws
+    static = hpo.static_hyperparameters(cfg)
+    t = sagemaker_jobs.tune_sagemaker(cfg, DATA, role=ROLE, static=static, max_jobs=6, max_parallel_jobs=2,
+                                      sagemaker_session=sess, wait=False)
+    d = sent["CreateHyperParameterTuningJob"]
+    assert sess.sagemaker_client.describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=t.latest_tuning_job.name)  # moto accepted it
+    conf = d["HyperParameterTuningJobConfig"]
+    assert conf["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "valid:accuracy"}
+    assert conf["ResourceLimits"]["MaxNumberOfTrainingJobs"] == 6
+    assert conf["TrainingJobEarlyStoppingType"] == "Auto"
+    ranges = conf["ParameterRanges"]
+    assert ranges["ContinuousParameterRanges"] == [
+        {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}]
+    assert ranges["IntegerParameterRanges"][0]["Name"] == "epochs"
+    cat = ranges["CategoricalParameterRanges"][0]
+    assert cat["Name"] == "batch_size" and [json.loads(v) for v in cat["Values"]] == ["32", "64", "128"]
+    job = d["TrainingJobDefinition"]
+    assert {m["Name"] for m in job["AlgorithmSpecification"]["MetricDefinitions"]} == set(METRIC_REGEXES)
+    assert json.loads(job["StaticHyperParameters"]["backbone"]) == "resnet18"
+    assert "lr" not in job["StaticHyperParameters"]
+    assert {c["ChannelName"] for c in job["InputDataConfig"]} == {"train", "valid"}  # never the test split
+
+
+def test_channels_need_the_s3_upload():
+    with pytest.raises(ValueError, match="backend='sagemaker'"):
+        sagemaker_jobs.channels({"splits": {}, "s3_uri": None})
+
+
+@pytest.mark.parametrize("name, raw, value", [("batch_size", '"64"', 64), ("epochs", '"5"', 5), ("lr", '"0.0123"', 0.0123),
+                                              ("batch_size", "128", 128)])
+def test_tuned_values_come_back_typed(name, raw, value):
+    got = hpo.coerce(name, sagemaker_jobs._parse_hp(raw))
+    assert got == value and type(got) is type(value)

@@ -1,0 +1,75 @@
+import optuna
+import pandas as pd
+import pytest
+from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
+
+from helpers import hpo
+from helpers.config import RunConfig
+from helpers.data import manifest_record, validate_dataset
+
+
+@pytest.fixture
+def setup(tmp_path, synthetic_root):
+    cfg = RunConfig(dataset="synthetic", work_dir=str(tmp_path), image_size=32)
+    data = manifest_record(cfg, validate_dataset(synthetic_root, progress=False))
+    return cfg, data
+
+
+def test_one_space_two_translations():
+    ranges = hpo.sagemaker_ranges()
+    assert isinstance(ranges["lr"], ContinuousParameter) and ranges["lr"].scaling_type == "Logarithmic"
+    assert isinstance(ranges["batch_size"], CategoricalParameter) and ranges["batch_size"].values == ["32", "64", "128"]
+    assert isinstance(ranges["epochs"], IntegerParameter)
+    point = hpo.suggest(optuna.trial.FixedTrial({"lr": 0.01, "batch_size": 64, "epochs": 3}))
+    assert point == {"lr": 0.01, "batch_size": 64, "epochs": 3}
+    assert [r["parameter"] for r in hpo.describe_space()] == ["lr", "batch_size", "epochs"]
+
+
+def test_local_study_tunes_on_validation_only_and_resumes(setup, monkeypatch):
+    cfg, data = setup
+    seen_test = []
+    real_fit = hpo.fit
+
+    def spy(tc, paths, **kw):
+        seen_test.append(paths.test)
+        return real_fit(tc, paths, **kw)
+
+    monkeypatch.setattr(hpo, "fit", spy)
+    small = {"lr": hpo.LogUniform(1e-3, 1e-1), "batch_size": hpo.Choice((8, 16)), "epochs": hpo.IntRange(1, 3)}
+    r = hpo.tune_local(cfg, data, n_trials=3, space=small)
+    assert len(r.trials) == 3 and set(seen_test) == {None}  # the test split is never handed to a trial
+    assert 0 <= r.best_value <= 1 and set(r.best_hyperparameters) == {"lr", "batch_size", "epochs"}
+    # an interrupted trial (the process died mid-trial) is marked failed, and the study goes on where it stopped
+    storage = hpo.study_storage(cfg.work_path, r.details["study"])
+    optuna.load_study(study_name=r.details["study"], storage=storage).ask()
+    again = hpo.tune_local(cfg, data, n_trials=5, space=small)
+    assert list(again.trials.state).count("FAIL") == 1 and len(again.trials) == 5
+    assert len(seen_test) == 4  # 3 + one more trial: 3 done + 1 failed count towards the 5
+    rec = again.manifest_record()
+    assert rec["objective"]["metric"] == "valid:accuracy" and rec["trials"] == 5
+
+
+def test_cached_features_are_shared_by_trials(setup):
+    cfg, data = setup
+    small = {"lr": hpo.LogUniform(1e-3, 1e-1), "batch_size": hpo.Choice((8,)), "epochs": hpo.IntRange(1, 2)}
+    hpo.tune_local(cfg, data, n_trials=2, space=small, study_name="a")
+    cache = sorted((cfg.work_path / "cache" / "features").iterdir())
+    assert [f.name.split("-")[2] for f in cache] == ["train", "valid"]  # computed once, never for test
+
+
+def test_insights_are_computed_from_the_trials():
+    trials = pd.DataFrame({
+        "number": range(6), "state": ["COMPLETE"] * 4 + ["PRUNED"] * 2,
+        "value": [0.5, 0.6, 0.8, 0.9, 0.2, 0.3], "lr": [1e-4, 1e-3, 1e-2, 5e-2, 1e-4, 2e-4],
+        "batch_size": [32] * 6, "epochs": [4, 4, 4, 4, 6, 8], "epochs_run": [4, 4, 4, 4, 2, 3],
+        "duration_s": [1.0, 1.2, 0.8, 1.1, 0.3, 0.4]})
+    r = hpo.TuningResult("optuna", trials, {"lr": 0.05, "batch_size": 32, "epochs": 4}, 0.9, {}, 12.0)
+    text = "\n".join(hpo.insights(r))
+    assert "valid:accuracy = 0.9000" in text and "lr=0.05" in text
+    assert "Higher learning rates did better" in text
+    assert "2 trial(s) were pruned early" in text and "skipping 9 of their planned epochs" in text
+    assert "40.0 points" in text and "4.8 s in all" in text
+
+
+def test_typed_values():
+    assert hpo.coerce("batch_size", "64") == 64 and hpo.coerce("lr", "0.5") == 0.5
