@@ -73,3 +73,10 @@ def test_insights_are_computed_from_the_trials():
 
 def test_typed_values():
     assert hpo.coerce("batch_size", "64") == 64 and hpo.coerce("lr", "0.5") == 0.5
+
+
+def test_parallel_trials(setup):
+    cfg, data = setup
+    small = {"lr": hpo.LogUniform(1e-3, 1e-1), "batch_size": hpo.Choice((8, 16)), "epochs": hpo.IntRange(1, 2)}
+    r = hpo.tune_local(cfg, data, n_trials=4, n_jobs=2, space=small, study_name="parallel")
+    assert len(r.trials) == 4 and set(r.trials.state) <= {"COMPLETE", "PRUNED"}

@@ -222,3 +222,17 @@ def test_metric_regexes_are_the_sagemaker_definitions():
         "train:loss": 1e-05, "train:accuracy": 1.0}
     assert metrics.parse_line("INFO valid accuracy=0.9") == {}
     assert metrics.OBJECTIVE_METRIC.startswith("valid:")
+
+
+def test_model_tarball_has_the_sagemaker_layout(paths, tmp_path):
+    import tarfile
+
+    from helpers.packaging import package_model
+
+    p = paths()
+    train.fit(TrainConfig(**{**FAST, "epochs": 1}), p, emit=quiet([]))
+    tar = package_model(p.model_dir, tmp_path / "model.tar.gz")
+    with tarfile.open(tar) as t:
+        names = set(t.getnames())
+    assert {"model.pth", "model_config.json", "code/inference.py", "code/requirements.txt",
+            "code/helpers/models.py", "code/helpers/presets.py"} <= names
