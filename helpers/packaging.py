@@ -16,12 +16,12 @@ HELPERS = Path(__file__).resolve().parent
 ROOT = HELPERS.parent
 
 #: helpers modules the training entry point imports (a test runs the staged copy in isolation).
-TRAIN_MODULES = ("__init__", "config", "fileio", "layout", "metrics", "models", "packaging", "presets", "progress",
-                 "train")
+TRAIN_MODULES = ("__init__", "config", "debugger", "fileio", "layout", "metrics", "models", "packaging", "presets",
+                 "profiler", "progress", "train")
 #: helpers modules the inference handler imports.
 INFERENCE_MODULES = ("__init__", "config", "fileio", "layout", "models", "presets")
 #: Packages the SageMaker PyTorch containers lack (torch and torchvision are the container's own).
-TRAIN_REQUIREMENTS = ("tqdm",)
+TRAIN_REQUIREMENTS = ("tqdm", "smdebug", "psutil", "nvidia-ml-py")
 INFERENCE_REQUIREMENTS = ()
 
 TRAIN_SHIM = '''"""SageMaker training entry point: runs helpers.train, shipped beside this file."""

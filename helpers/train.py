@@ -14,6 +14,7 @@ SageMaker's ``torch_distributed``) it trains with DDP; rank 0 writes checkpoints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from helpers import debugger
 from helpers.config import BACKBONES
+from helpers.debugger import Instrumentation
 from helpers.fileio import atomic_write_json
 from helpers.layout import find_split_dir, is_image
 from helpers.metrics import format_metrics
@@ -328,19 +331,28 @@ def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]],
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                    device: torch.device, scaler: torch.amp.GradScaler | None = None, desc: str = "train") -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and accuracy over the samples this rank saw."""
+                    device: torch.device, scaler: torch.amp.GradScaler | None = None, desc: str = "train", *,
+                    hook: Any = None, timer: Any = None, prof: Any = None) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss and accuracy over the samples this rank saw.
+
+    ``hook`` (smdebug), ``timer`` (:class:`helpers.profiler.StepTimer`) and ``prof`` (torch.profiler)
+    are optional instruments; without them this is the plain loop.
+    """
     model.train()
+    debugger.train_mode(hook)
     loss_sum, correct, n = 0.0, 0, 0
     use_amp = scaler is not None and scaler.is_enabled()
     for batch in bar(loader, desc=desc, unit="batch", leave=False, progress=sys.stderr.isatty()):
         if batch is None:
             continue
+        if timer is not None:
+            timer.batch_ready()
         x, y = (t.to(device, non_blocking=True) for t in batch)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=use_amp):
             out = model(x)
             loss = criterion(out, y)
+        debugger.save_batch(hook, y, out)
         if use_amp:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -351,14 +363,19 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         loss_sum += loss.item() * len(y)
         correct += (out.argmax(1) == y).sum().item()
         n += len(y)
+        if timer is not None:
+            timer.step_done(len(y))
+        if prof is not None:
+            prof.step()
     return {"loss": loss_sum / max(1, n), "accuracy": correct / max(1, n), "n": n}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
-             dinfo: DistInfo = DistInfo()) -> dict[str, Any]:
+             dinfo: DistInfo = DistInfo(), hook: Any = None) -> dict[str, Any]:
     """Loss, accuracy and per-class accuracy (summed over ranks under DDP)."""
     model.eval()
+    debugger.eval_mode(hook)
     stats = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
     per_class = torch.zeros(2, num_classes, dtype=torch.float64)  # correct, total
     for batch in loader:
@@ -367,7 +384,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
         x, y = (t.to(device, non_blocking=True) for t in batch)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             out = model(x)
-        stats[0] += criterion(out.float(), y).item() * len(y)
+        stats[0] += criterion(out.float(), y).item() * len(y)  # through the criterion: the hook sees EVAL losses
         stats[1] += len(y)
         hit = (out.argmax(1) == y).cpu()
         per_class[0].index_add_(0, y.cpu(), hit.double())
@@ -461,11 +478,13 @@ def _check_writable(folder: Path, what: str) -> None:
 
 def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env: Mapping[str, str] | None = None,
         restart: bool = False, on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-        emit: Callable[[str], None] = lambda line: print(line, flush=True), write_artifacts: bool = True) -> FitResult:
+        emit: Callable[[str], None] = lambda line: print(line, flush=True), write_artifacts: bool = True,
+        instruments: Instrumentation = Instrumentation()) -> FitResult:
     """Train, validate each epoch, stop early, checkpoint, test the best model and write the artifact.
 
     ``on_epoch(epoch, row)`` is called after each epoch (a tuner reports and prunes there);
     ``write_artifacts=False`` skips the model and metrics files (tuning trials keep only their numbers).
+    ``instruments`` turns on the Debugger hook and the profiler, which write under ``paths.output_dir``.
     """
     env = os.environ if env is None else env
     started = time.perf_counter()
@@ -526,7 +545,57 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp)
     criterion = nn.CrossEntropyLoss()
+    with _instruments(instruments, paths.output_dir, trained, criterion, cfg, device, loader_workers,
+                      dinfo) as (hook, timer, prof):
+        return _train(cfg, paths, dinfo, model, trained, net, criterion, optimizer, scaler, loaders, classes, mcfg,
+                      state, ckpt_path, device, started, on_epoch, emit, write_artifacts, hook, timer, prof)
 
+
+@contextlib.contextmanager
+def _instruments(inst: Instrumentation, output_dir: Path, trained: nn.Module, criterion: nn.Module, cfg: TrainConfig,
+                 device: torch.device, workers: int, dinfo: DistInfo):
+    """Start the hook and the profiler (rank 0) and always stop them, so a crash keeps what they wrote."""
+    from helpers import profiler
+
+    hook = timer = prof = sampler = None
+    prof_dir = output_dir / "profiler"
+    try:
+        if inst.profiler and dinfo.is_main:
+            prof_dir.mkdir(parents=True, exist_ok=True)
+            meta = {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                    "workers": workers, "batch_size": cfg.batch_size, "device": str(device),
+                    "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
+                    "feature_cache": cfg.uses_feature_cache, "interval_ms": inst.profiler_interval_ms,
+                    "process_start": profiler.process_start_time(), "fit_start": time.time(),
+                    "world_size": dinfo.world_size}
+            atomic_write_json(prof_dir / profiler.META_FILE, meta)
+            sampler = profiler.SystemSampler(prof_dir / profiler.SYSTEM_FILE, inst.profiler_interval_ms / 1000)
+            sampler.start()
+            timer = profiler.StepTimer(prof_dir / profiler.STEPS_FILE, device)
+            prof = profiler.torch_profile(prof_dir, device, inst.profile_skip, inst.profile_steps)
+            prof.start()
+        if inst.debugger and dinfo.is_main:
+            hook = debugger.make_hook(output_dir / debugger.TENSORS_DIR, trained, criterion, inst,
+                                      frozen_body=cfg.freeze_backbone and not cfg.uses_feature_cache)
+        yield hook, timer, prof
+    finally:
+        if prof is not None:
+            prof.stop()
+        if sampler is not None:
+            sampler.stop()
+        if timer is not None:
+            timer.close()
+            meta_path = prof_dir / profiler.META_FILE
+            meta = json.loads(meta_path.read_text())
+            atomic_write_json(meta_path, {**meta, "first_step": timer.first_step_wall, "fit_end": time.time(),
+                                          "steps": timer.step})
+        if hook is not None:
+            hook.close()
+
+
+def _train(cfg, paths, dinfo, model, trained, net, criterion, optimizer, scaler, loaders, classes, mcfg, state,
+           ckpt_path, device, started, on_epoch, emit, write_artifacts, hook, timer, prof) -> FitResult:
+    """The epochs, early stopping, checkpoints, the final evaluation and the artifact (see :func:`fit`)."""
     result = FitResult(class_names=classes)
     best_loss, bad_epochs = math.inf, 0
     best_state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
@@ -550,9 +619,11 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed + epoch)  # augmentation randomness depends only on (seed, epoch)
         loaders["train"].sampler.set_epoch(epoch)
+        if timer is not None:
+            timer.start_epoch(epoch)
         tr = _reduce_train(train_one_epoch(net, criterion, optimizer, loaders["train"], device, scaler,
-                                           desc=f"epoch {epoch}"), device, dinfo)
-        va = evaluate(trained, criterion, loaders["valid"], device, len(classes), dinfo)
+                                           desc=f"epoch {epoch}", hook=hook, timer=timer, prof=prof), device, dinfo)
+        va = evaluate(trained, criterion, loaders["valid"], device, len(classes), dinfo, hook=hook)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "valid_loss": va["loss"],
                "valid_accuracy": va["accuracy"], "seconds": time.perf_counter() - t0}
         result.history.append(row)
@@ -644,6 +715,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="default: SM_CHECKPOINT_DIR, or /opt/ml/checkpoints on SageMaker")
     p.add_argument("--restart", type=str2bool, nargs="?", const=True, default=False,
                    help="ignore an unusable checkpoint and start fresh")
+    d = Instrumentation()
+    p.add_argument("--debugger", type=str2bool, default=d.debugger, help="register the smdebug hook")
+    p.add_argument("--train-save-interval", "--train_save_interval", dest="train_save_interval", type=int,
+                   default=d.train_save_interval, help="hook: save every N training steps (train.save_interval)")
+    p.add_argument("--eval-save-interval", "--eval_save_interval", dest="eval_save_interval", type=int,
+                   default=d.eval_save_interval, help="hook: save every N evaluation steps (eval.save_interval)")
+    p.add_argument("--profiler", type=str2bool, default=d.profiler, help="record system, step and operator profiles")
+    p.add_argument("--profiler-interval-ms", "--profiler_interval_ms", dest="profiler_interval_ms", type=int,
+                   default=d.profiler_interval_ms, help="system sampling interval (system_monitor_interval_millis)")
+    p.add_argument("--profile-steps", "--profile_steps", dest="profile_steps", type=int, default=d.profile_steps,
+                   help="steps traced by torch.profiler (after the first few)")
     return p
 
 
@@ -656,7 +738,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         cfg = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         paths = resolve_paths(args, env)
         dinfo = dist_info(env)
-    except TrainingError as e:
+        inst = Instrumentation(debugger=args.debugger, train_save_interval=args.train_save_interval,
+                               eval_save_interval=args.eval_save_interval, profiler=args.profiler,
+                               profiler_interval_ms=args.profiler_interval_ms, profile_steps=args.profile_steps)
+    except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     log.info("hosts %s, current host %s, %s GPU(s), rank %d of %d", env.get("SM_HOSTS", "[]"),
@@ -665,7 +750,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         backend = "nccl" if torch.cuda.is_available() and env.get("SM_NUM_GPUS", "1") != "0" else "gloo"
         dist.init_process_group(backend)
     try:
-        fit(cfg, paths, dinfo=dinfo, env=env, restart=args.restart)
+        fit(cfg, paths, dinfo=dinfo, env=env, restart=args.restart, instruments=inst)
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -1,0 +1,93 @@
+"""SageMaker Debugger on both backends: the smdebug hook the training script registers, and its settings.
+
+Locally the hook writes tensors to ``OUTPUT/tensors`` (the job's ``SM_OUTPUT_DATA_DIR``, uploaded with
+the job on SageMaker too). When SageMaker's Debugger service configured the job
+(``/opt/ml/input/config/debughookconfig.json`` exists) the hook is created from that file instead,
+so the platform's own rules see the tensors. The rules that analyse a trial are in
+:mod:`helpers.debugger_rules`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HOOK_CONFIG = "/opt/ml/input/config/debughookconfig.json"
+TENSORS_DIR = "tensors"
+COLLECTIONS = ("losses", "gradients", "weights", "biases", "relu_input", "labels", "predictions")
+
+
+@dataclass(frozen=True)
+class Instrumentation:
+    """What the training script records besides the model: the Debugger hook and the profiler."""
+
+    debugger: bool = False
+    train_save_interval: int = 100
+    eval_save_interval: int = 10
+    profiler: bool = False
+    profiler_interval_ms: int = 500
+    profile_skip: int = 5
+    profile_steps: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("train_save_interval", "eval_save_interval", "profiler_interval_ms", "profile_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def make_hook(out_dir: Path, module: Any, criterion: Any, inst: Instrumentation, frozen_body: bool,
+              env: dict[str, str] | os._Environ = os.environ) -> Any:
+    """An smdebug hook registered on ``module`` and ``criterion`` (TRAIN and EVAL modes)."""
+    import smdebug.pytorch as smd
+
+    config = env.get("SMDEBUG_HOOK_CONFIG", HOOK_CONFIG)
+    if Path(config).is_file():
+        log.info("Debugger hook from SageMaker's configuration %s", config)
+        hook = smd.Hook.create_from_json_file(config)
+    else:
+        save = smd.SaveConfig(mode_save_configs={
+            smd.modes.TRAIN: smd.SaveConfigMode(save_interval=inst.train_save_interval),
+            smd.modes.EVAL: smd.SaveConfigMode(save_interval=inst.eval_save_interval),
+        })
+        hook = smd.Hook(out_dir=str(out_dir), save_config=save, include_collections=list(COLLECTIONS))
+        hook.get_collection("relu_input").include(".*relu_input")
+        # Activations and gradients as summary statistics (a few numbers per tensor), not whole tensors:
+        # what the rules need, at a tiny fraction of the disk and time. Weights stay whole (distributions).
+        hook.get_collection("relu_input").reduction_config = smd.ReductionConfig(reductions=["mean", "variance"])
+        hook.get_collection("gradients").reduction_config = smd.ReductionConfig(
+            reductions=["mean", "variance", "min", "max"], abs_reductions=["mean"], norms=["l2"])
+        for name in ("labels", "predictions"):  # filled by save_batch; created now so they get a save config
+            hook.get_collection(name).include(f"^{name}$")
+        if frozen_body:  # the body's weights never change: record the trainable head's only
+            hook.get_collection("weights").include_regex = [r"^TransferModel_head\..*weight"]
+            hook.get_collection("biases").include_regex = [r"^TransferModel_head\..*bias"]
+    hook.register_module(module)
+    hook.register_loss(criterion)
+    return hook
+
+
+def train_mode(hook: Any) -> None:
+    if hook is not None:
+        import smdebug.pytorch as smd
+
+        hook.set_mode(smd.modes.TRAIN)
+
+
+def eval_mode(hook: Any) -> None:
+    if hook is not None:
+        import smdebug.pytorch as smd
+
+        hook.set_mode(smd.modes.EVAL)
+
+
+def save_batch(hook: Any, labels: Any, outputs: Any) -> None:
+    """Labels and predictions of a step, for the class_imbalance rule."""
+    if hook is not None:
+        hook.save_tensor("labels", labels, "labels")
+        hook.save_tensor("predictions", outputs.detach(), "predictions")

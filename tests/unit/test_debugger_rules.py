@@ -1,0 +1,133 @@
+"""Each local Debugger rule fires on a run that has its problem and stays quiet on a healthy run."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import debugger, debugger_rules
+from helpers.debugger import Instrumentation
+from helpers.debugger_rules import RULES, RuleConfigError, TrialError
+
+HEALTHY = dict(lr=0.05, epochs=5, init_scale=1.0, n_train=400, class_weights=(1, 1, 1, 1), label_noise=0.0)
+
+
+def blobs(n, class_weights, seed, label_noise=0.0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.tensor(class_weights, dtype=torch.float) / sum(class_weights)
+    y = torch.multinomial(p, n, replacement=True, generator=g)
+    centers = torch.tensor([[2.0, 0], [-2, 0], [0, 2], [0, -2]])
+    x = centers[y] + 0.7 * torch.randn(n, 2, generator=g)
+    x = torch.cat([x, torch.randn(n, 6, generator=g)], dim=1)  # 6 distracting dimensions
+    if label_noise:
+        flip = torch.rand(n, generator=g) < label_noise
+        y = torch.where(flip, torch.randint(0, 4, (n,), generator=g), y)
+    return x, y
+
+
+def net(init_scale):
+    torch.manual_seed(0)
+    m = nn.Sequential(OrderedDict(
+        block1=nn.Sequential(OrderedDict(fc=nn.Linear(8, 64), relu=nn.ReLU())),
+        block2=nn.Sequential(OrderedDict(fc=nn.Linear(64, 64), relu=nn.ReLU())),
+        out=nn.Linear(64, 4)))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(init_scale)
+    return m
+
+
+def run(tmp_path, *, lr, epochs, init_scale, n_train, class_weights, label_noise):
+    """A tiny training with the production hook; returns the trial folder."""
+    out = tmp_path / "tensors"
+    model, crit = net(init_scale), nn.CrossEntropyLoss()
+    hook = debugger.make_hook(out, model, crit, Instrumentation(debugger=True, train_save_interval=1,
+                                                                eval_save_interval=1), frozen_body=False)
+    x, y = blobs(n_train, class_weights, seed=1, label_noise=label_noise)
+    xv, yv = blobs(200, class_weights, seed=2)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    with np.errstate(all="ignore"):
+        for _ in range(epochs):
+            debugger.train_mode(hook)
+            model.train()
+            for i in range(0, n_train, 32):
+                xb, yb = x[i:i + 32], y[i:i + 32]
+                out_b = model(xb)
+                loss = crit(out_b, yb)
+                debugger.save_batch(hook, yb, out_b.argmax(1))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            debugger.eval_mode(hook)
+            model.eval()
+            with torch.no_grad():
+                for i in range(0, 200, 100):
+                    crit(model(xv[i:i + 100]), yv[i:i + 100])
+    hook.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory):
+    return debugger_rules.evaluate_rules(run(tmp_path_factory.mktemp("healthy"), **HEALTHY))
+
+
+def status(results, name):
+    return next(r for r in results if r.rule == name)
+
+
+def test_a_healthy_run_raises_no_issue(healthy):
+    assert [(r.rule, r.status) for r in healthy] == [(r.name, "NoIssuesFound") for r in RULES]
+
+
+CASES = {
+    "exploding_tensor": dict(lr=1e9),
+    "vanishing_gradient": dict(init_scale=1e-4),
+    "poor_weight_initialization": dict(init_scale=1e-4),
+    "overfit": dict(n_train=40, epochs=60, label_noise=0.5, lr=0.2),
+    "overtraining": dict(epochs=40, lr=0.5, n_train=160),
+    "class_imbalance": dict(class_weights=(30, 1, 1, 1), n_train=800),
+    "loss_not_decreasing": dict(lr=0.0),
+}
+
+
+@pytest.mark.parametrize("rule", list(CASES))
+def test_rule_fires_on_its_problem(tmp_path, rule):
+    tensors = run(tmp_path, **{**HEALTHY, **CASES[rule]})
+    info = next(r for r in RULES if r.name == rule)
+    result = debugger_rules.evaluate_rule(debugger_rules.open_trial(tensors), info)
+    assert result.status == "IssuesFound", result
+    assert result.first_step is not None
+
+
+def test_rule_parameters_are_checked(tmp_path):
+    tensors = run(tmp_path, **{**HEALTHY, "epochs": 1})
+    trial = debugger_rules.open_trial(tensors)
+    bad = debugger_rules.evaluate_rule(trial, RULES[0], {"threshold": "tiny"})
+    assert bad.status == "Error" and "threshold must be" in bad.detail
+    unknown = debugger_rules.evaluate_rule(trial, RULES[2], {"ratio": 0.5})
+    assert unknown.status == "Error" and "bad parameters for Overfit" in unknown.detail
+    with pytest.raises(RuleConfigError, match="unknown rule"):
+        debugger_rules.evaluate_rules(tensors, {"dead_relu": {}})
+
+
+def test_a_trial_without_steps_is_a_clear_error(tmp_path):
+    with pytest.raises(TrialError, match="holds no Debugger tensors"):
+        debugger_rules.open_trial(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "training_job_end.ts").write_text("")
+    with pytest.raises(TrialError):
+        debugger_rules.open_trial(tmp_path / "empty")
+
+
+def test_plot_data(tmp_path):
+    trial = debugger_rules.open_trial(run(tmp_path, **{**HEALTHY, "epochs": 2}))
+    curves = debugger_rules.loss_curves(trial)
+    assert len(curves["train"][0]) == 26 and len(curves["valid"][0]) == 4
+    norms = debugger_rules.gradient_norms(trial)
+    assert "block1.fc.weight" in {k.split("_", 1)[1] for k in norms} and all(len(v[1]) == 26 for v in norms.values())
+    weights = debugger_rules.weight_distributions(trial)
+    first, last, s0, s1 = weights[next(iter(weights))]
+    assert s0 < s1 and first.shape == last.shape and not np.allclose(first, last)
