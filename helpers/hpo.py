@@ -167,6 +167,8 @@ def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n
                                                 sort_keys=True, default=str).encode()).hexdigest()[:8]
         study_name = f"{cfg.backbone}-{Path(data['root']).name}-{cfg.image_size}px-{fingerprint}"
     storage = storage or study_storage(cfg.work_path, study_name)
+    if isinstance(storage, str) and storage.startswith("sqlite"):  # parallel trials wait for the lock, not fail
+        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
     cache_dir = cfg.work_path / "cache" / "features"
     splits = data["splits"]
     paths = JobPaths(train=Path(splits["train"]), valid=Path(splits["valid"]), test=None,

@@ -129,3 +129,106 @@ def tuning_parameters(trials, params: tuple[str, ...] = ("lr", "batch_size", "ep
     axes[-1].legend(frameon=False, fontsize=8)
     fig.suptitle("Objective by hyperparameter")
     return fig
+
+
+def system_usage(samples: list[dict]) -> Figure:
+    """CPU per core, memory and disk I/O over time (and GPU utilisation and memory when recorded)."""
+    import numpy as np
+
+    has_gpu = any(s.get("gpu") for s in samples)
+    rows = 3 + (1 if has_gpu else 0)
+    fig = Figure(figsize=(10, 2.2 * rows), layout="tight")
+    axes = fig.subplots(rows, 1, sharex=True)
+    if not samples:
+        axes[0].text(0.5, 0.5, "no samples recorded", ha="center", transform=axes[0].transAxes)
+        return fig
+    t0 = samples[0]["t"]
+    t = [s["t"] - t0 for s in samples]
+    cpu = np.array([s["cpu"] for s in samples])
+    for i in range(cpu.shape[1]):
+        axes[0].plot(t, cpu[:, i], lw=0.8, label=f"core {i}")
+    axes[0].set_ylabel("CPU %")
+    axes[0].set_ylim(0, 105)
+    axes[0].legend(frameon=False, fontsize=7, ncols=min(8, cpu.shape[1]), loc="lower right")
+    axes[1].plot(t, [s["mem_percent"] for s in samples], color="#9467bd")
+    axes[1].set_ylabel("memory %")
+    axes[2].plot(t, [s["disk_read_bps"] / 1e6 for s in samples], label="read")
+    axes[2].plot(t, [s["disk_write_bps"] / 1e6 for s in samples], label="write")
+    axes[2].set_ylabel("disk MB/s")
+    axes[2].legend(frameon=False, fontsize=7)
+    if has_gpu:
+        n = max(len(s.get("gpu") or []) for s in samples)
+        for i in range(n):
+            util = [(s.get("gpu") or [{}] * n)[i].get("util", np.nan) for s in samples]
+            axes[3].plot(t, util, label=f"GPU{i} util")
+        axes[3].set_ylabel("GPU %")
+        axes[3].legend(frameon=False, fontsize=7)
+    axes[-1].set_xlabel("seconds since the sampler started")
+    for ax in axes:
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def step_times(steps: list[dict]) -> Figure:
+    """Each training step split into waiting for data and computing, and the step-duration histogram."""
+    fig = Figure(figsize=(10, 3.2), layout="tight")
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=(2, 1))
+    idx = [s["step"] for s in steps]
+    data = [1e3 * s["data_s"] for s in steps]
+    compute = [1e3 * s["compute_s"] for s in steps]
+    ax1.bar(idx, compute, width=1.0, color="#1f77b4", label="compute")
+    ax1.bar(idx, data, width=1.0, bottom=compute, color="#ff7f0e", label="waiting for data")
+    ax1.set_xlabel("training step")
+    ax1.set_ylabel("ms")
+    ax1.legend(frameon=False, fontsize=8)
+    ax2.hist([d + c for d, c in zip(data, compute)], bins=30, color="#7f7f7f")
+    ax2.set_xlabel("step duration (ms)")
+    ax2.set_ylabel("steps")
+    for ax in (ax1, ax2):
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def loss_per_step(curves: dict) -> Figure:
+    """Training and validation loss per step, read from the Debugger trial."""
+    fig = Figure(figsize=(8, 3.4), layout="tight")
+    ax = fig.subplots()
+    for label, (steps, values) in curves.items():
+        ax.plot(steps, values, marker="." if label == "valid" else None, lw=1, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("CrossEntropyLoss_output_0")
+    ax.set_title("Loss per step (Debugger trial)")
+    ax.legend(frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def gradient_norms(norms: dict) -> Figure:
+    """L2 norm of each layer's gradient over training steps (log scale)."""
+    fig = Figure(figsize=(8, 3.6), layout="tight")
+    ax = fig.subplots()
+    for name, (steps, values) in norms.items():
+        ax.plot(steps, values, lw=1, label=name.replace("TransferModel_", ""))
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient L2 norm")
+    ax.set_title("Gradient norms per layer")
+    ax.legend(frameon=False, fontsize=7, ncols=2)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def weight_distributions(weights: dict, max_layers: int = 4) -> Figure:
+    """Histogram of each saved weight tensor at its first and last saved step."""
+    names = list(weights)[:max_layers]
+    fig = Figure(figsize=(3.3 * max(1, len(names)), 3), layout="tight")
+    axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        first, last, s0, s1 = weights[name]
+        ax.hist(first, bins=40, alpha=0.6, label=f"step {s0}")
+        ax.hist(last, bins=40, alpha=0.6, label=f"step {s1}")
+        ax.set_title(name.replace("TransferModel_", ""), fontsize=9)
+        ax.legend(frameon=False, fontsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle("Weight distributions, first vs last step")
+    return fig

@@ -87,7 +87,8 @@ class SystemSampler:
         import psutil
 
         nvml = _Nvml()
-        psutil.cpu_percent(percpu=True)  # the first call only primes the counters
+        psutil.cpu_percent(percpu=True)  # the first calls only prime the counters
+        psutil.cpu_times_percent()
         last_io = psutil.disk_io_counters()
         last_t = time.time()
         with open(self.path, "a", encoding="utf-8") as f:
@@ -96,9 +97,11 @@ class SystemSampler:
                 io = psutil.disk_io_counters()
                 dt = max(1e-6, now - last_t)
                 mem = psutil.virtual_memory()
+                times = psutil.cpu_times_percent()
                 rec = {
                     "t": now,
                     "cpu": psutil.cpu_percent(percpu=True),
+                    "iowait": float(getattr(times, "iowait", 0.0)),
                     "mem_percent": mem.percent,
                     "mem_used": mem.used,
                     "disk_read_bps": (io.read_bytes - last_io.read_bytes) / dt if io and last_io else 0.0,
