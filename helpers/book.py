@@ -33,6 +33,27 @@ NOTEBOOKS = ROOT / "notebooks"
 BOOK = ROOT / "book"
 
 
+#: Set by the runner for the kernels: where executed chapters go, so a chapter can publish files beside it.
+BOOK_DIR_ENV = "SAGEBOOK_BOOK_DIR"
+ASSETS = "_assets"
+
+
+def publish(path: str | os.PathLike[str], name: str | None = None) -> str:
+    """Make a file reachable from the book: copied next to the executed chapter; returns the link to use.
+
+    Outside the book runner it returns the file's own path (a link that works in Jupyter).
+    """
+    import shutil
+
+    book_dir = os.environ.get(BOOK_DIR_ENV)
+    if not book_dir:
+        return str(path)
+    dest = Path(book_dir) / ASSETS / (name or Path(path).name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dest)
+    return f"{ASSETS}/{dest.name}"
+
+
 class BookError(RuntimeError):
     """A chapter failed or the book did not build; the message says where."""
 
@@ -165,7 +186,7 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
     per_chapter = check_parameters(params, selected)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
-    with _environ(**{progress.ENV: "0"}):  # the book shows results, not progress-bar redraws
+    with _environ(**{progress.ENV: "0", BOOK_DIR_ENV: str(out_dir.resolve())}):  # results, not bar redraws
         for nb in selected:
             print(f"▶ {nb.stem} ...", flush=True)
             runs.append(run_chapter(nb, per_chapter[nb], out_dir))

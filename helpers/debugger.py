@@ -87,7 +87,8 @@ def eval_mode(hook: Any) -> None:
 
 
 def save_batch(hook: Any, labels: Any, outputs: Any) -> None:
-    """Labels and predictions of a step, for the class_imbalance rule."""
+    """Labels and predicted classes of a step, for the class_imbalance rule (its default ``argmax=False``)."""
     if hook is not None:
+        predicted = outputs.detach().argmax(1) if outputs.dim() > 1 else outputs.detach()
         hook.save_tensor("labels", labels, "labels")
-        hook.save_tensor("predictions", outputs.detach(), "predictions")
+        hook.save_tensor("predictions", predicted, "predictions")

@@ -34,6 +34,18 @@ class TrialError(ValueError):
     """The trial folder holds no usable steps."""
 
 
+def quiet_smdebug(level: int = logging.WARNING) -> None:
+    """smdebug logs every rule start and trial refresh at INFO; keep chapters readable."""
+    import os
+
+    os.environ.setdefault("SMDEBUG_LOG_LEVEL", logging.getLevelName(level).lower())  # read at smdebug's import
+    import smdebug  # noqa: F401 - creates its loggers
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("smdebug"):
+            logging.getLogger(name).setLevel(level)
+
+
 def _rule_base():
     from smdebug.rules.rule import Rule
 
@@ -144,7 +156,7 @@ def _make_rules() -> dict[str, type]:
             for name in self.grads:
                 v = tensor_stat(self.base_trial, name, step, modes.GLOBAL, "abs_mean")
                 if v is not None and v < self.threshold:
-                    self.logger.info("%s: mean |gradient| %.3g < %g at step %d", name, v, self.threshold, step)
+                    self.last_reason = f"{name}: mean |gradient| {v:.3g} < {self.threshold:g}"
                     return True
             return False
 
@@ -172,6 +184,7 @@ def _make_rules() -> dict[str, type]:
                     n = tensor_stat(self.base_trial, name, step, modes.GLOBAL, "nonfinite")
                     bad = bool(n)
                 if bad:
+                    self.last_reason = f"{name} holds {'NaN' if self.only_nan else 'NaN or infinite'} values"
                     return True
             return False
 
@@ -197,6 +210,8 @@ def _make_rules() -> dict[str, type]:
             if step < self.start_step or step not in self.checks:
                 return False
             self.over = self.over + 1 if self.checks[step] > self.ratio_threshold else 0
+            self.last_reason = (f"mean validation loss {self.checks[step]:+.0%} vs the training loss before it "
+                                f"(threshold {self.ratio_threshold:+.0%}, {self.over} time(s) in a row)")
             return self.over >= self.patience
 
     class Overtraining(Rule):
@@ -223,13 +238,16 @@ def _make_rules() -> dict[str, type]:
                 self.best[m], self.stale[m] = ph["mean"], 0
             else:
                 self.stale[m] += 1
+            which = "training" if m == modes.TRAIN else "validation"
+            self.last_reason = (f"{which} loss did not improve by {self.delta} for {self.stale[m]} epoch(s) "
+                                f"(best {self.best[m]:.4f})")
             return self.stale[m] >= self.patience[m]
 
     class PoorWeightInitialization(Rule):
-        """Looks at the first ``steps`` training steps and fires when the variance of the activation
+        """Looks at the first ``steps`` saved training steps and fires when the variance of the activation
         inputs differs between layers by more than ``threshold`` times, when the 5th-95th percentile
-        spread of a gradient is below ``distribution_range`` (raw gradients only), or when the loss has
-        not decreased after ``patience`` steps."""
+        spread of a gradient is below ``distribution_range`` (raw gradients only), or when the mean loss
+        of the ``patience`` saved steps after the first ``patience`` is not below theirs."""
 
         def __init__(self, base_trial: Any, activation_inputs_regex: str = ".*relu_input", threshold: float = 10.0,
                      distribution_range: float = 0.001, patience: int = 5, steps: int = 10) -> None:
@@ -245,7 +263,7 @@ def _make_rules() -> dict[str, type]:
             except TrialError:
                 self.loss = None
             self.train_steps = base_trial.steps(mode=modes.TRAIN)[: self.steps]
-            self.first_loss: float | None = None
+            self.losses: list[float] = []
             self.last_reason = ""
 
         def invoke_at_step(self, step: int) -> bool:
@@ -266,14 +284,16 @@ def _make_rules() -> dict[str, type]:
                     return True
             if self.loss is not None:
                 try:
-                    value = float(np.asarray(self.base_trial.tensor(self.loss).value(mstep, mode=modes.TRAIN)))
+                    self.losses.append(float(np.asarray(self.base_trial.tensor(self.loss).value(mstep, mode=modes.TRAIN))))
                 except Exception:  # noqa: BLE001 - loss not saved at this step
                     return False
-                if self.first_loss is None:
-                    self.first_loss = value
-                elif mstep >= self.patience and value >= self.first_loss:
-                    self.last_reason = f"loss {value:.4g} not below its first value {self.first_loss:.4g}"
-                    return True
+                if len(self.losses) == 2 * self.patience:
+                    first = float(np.mean(self.losses[: self.patience]))
+                    second = float(np.mean(self.losses[self.patience:]))
+                    if second >= first:
+                        self.last_reason = (f"loss did not decrease over the first steps: mean {second:.4g} after "
+                                            f"{first:.4g} (first {self.patience} saved steps vs the next {self.patience})")
+                        return True
             return False
 
     class LossNotDecreasing(Rule):
@@ -325,6 +345,8 @@ def _make_rules() -> dict[str, type]:
             if old == 0:
                 return False
             change = (old - new) / abs(old) * 100  # positive: the loss fell
+            self.last_reason = (f"{self.mode.name} loss: mean of the last {self.num_steps} saved values {new:.4g} vs "
+                                f"{old:.4g} before ({-change:+.1f}%)")
             return change < self.diff_percent or -change > self.increase
 
     class ClassImbalance(Rule):
@@ -436,6 +458,7 @@ def open_trial(path: str | Path) -> Any:
     """An smdebug trial over a finished job's tensors; :class:`TrialError` when there is nothing to analyse."""
     from smdebug.trials import create_trial
 
+    quiet_smdebug()
     path = Path(path)
     if not path.is_dir() or not any(path.iterdir()):
         raise TrialError(f"{path} holds no Debugger tensors: was the job run with the hook on (debugger=True)?")
@@ -455,6 +478,7 @@ def open_trial(path: str | Path) -> Any:
 
 def evaluate_rule(trial: Any, info: RuleInfo, params: dict[str, Any] | None = None) -> RuleResult:
     """Run one rule over every step of the trial; never raises for a rule that cannot run."""
+    quiet_smdebug()
     from smdebug.exceptions import NoMoreData, RuleEvaluationConditionMet
     from smdebug.rules.rule_invoker import invoke_rule
 
@@ -492,8 +516,9 @@ def results_table(results: list[RuleResult]):
     """The results as a DataFrame: rule, status, first step, detail, what it means, what to do."""
     import pandas as pd
 
-    return pd.DataFrame([r.to_dict() for r in results]).rename(columns={
-        "first_step": "first step", "meaning": "what it means", "action": "what to do"})
+    df = pd.DataFrame([r.to_dict() for r in results])
+    df["first_step"] = df["first_step"].astype("Int64")
+    return df.rename(columns={"first_step": "first step", "meaning": "what it means", "action": "what to do"})
 
 
 def sagemaker_rules() -> list[Any]:

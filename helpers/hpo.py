@@ -275,3 +275,25 @@ def insights(result: TuningResult) -> list[str]:
             line += f"; {len(df) - new} came from the stored study and {new} ran now ({result.wall_s:.1f} s)"
         out.append(line + ".")
     return out
+
+
+def final_hyperparameters(cfg: RunConfig, manifest: Any, override: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The final training's hyperparameters: chapter 2's best (or ``override``) on top of the shared settings."""
+    from helpers.manifest import PrerequisiteMissing
+
+    if override:
+        unknown = sorted(set(override) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)} in the override; "
+                             f"known: {', '.join(sorted(TrainConfig.__dataclass_fields__))}")
+        return {**static_hyperparameters(cfg), **override}
+    record = manifest.get("hpo")
+    if record is None:
+        raise PrerequisiteMissing(
+            "The best hyperparameters are missing from the run manifest: run chapter 02_hpo first, or pass "
+            "hyperparameters={\"lr\": 0.001, \"batch_size\": 64, \"epochs\": 5} to this chapter.")
+    if record.get("backbone") not in (None, cfg.backbone):
+        raise PrerequisiteMissing(
+            f"Chapter 02_hpo tuned {record['backbone']}, but this run uses {cfg.backbone}: run chapter 02_hpo "
+            f"with backbone={cfg.backbone!r} first, or pass hyperparameters={{...}}.")
+    return {**record["static"], **record["hyperparameters"]}

@@ -148,14 +148,22 @@ def run_local_job(
     on_metric: Callable[[str, float], None] | None = None,
     timeout_s: float | None = None,
     extra_env: Mapping[str, str] | None = None,
+    rerun: bool = False,
 ) -> JobResult:
     """Run the training entry point as SageMaker would and record the job; raise :class:`JobFailed` on failure.
 
     ``instance_count > 1`` starts that many processes with ``torchrun`` (gloo on CPU), like
     ``distribution={"torch_distributed": {"enabled": True}}`` does across instances.
-    Rerunning a job with the same name resumes from its checkpoints.
+    Rerunning a job with the same name resumes from its checkpoints; a job that already completed
+    with the same hyperparameters and channels is returned as it is, unless ``rerun``.
     """
     job_dir = Path(jobs_dir) / name
+    if not rerun and (job_dir / "job.json").is_file():
+        done = JobResult.load(job_dir)
+        if (done.status == "Completed" and done.hyperparameters == dict(hyperparameters)
+                and done.channels == {k: str(v) for k, v in channels.items()}):
+            log.info("job %s already completed; reusing its results", name)
+            return done
     for sub in ("model", "output/data", "checkpoints"):
         (job_dir / sub).mkdir(parents=True, exist_ok=True)
     missing = [f"{k}={v}" for k, v in channels.items() if not Path(v).is_dir()]

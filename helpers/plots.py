@@ -232,3 +232,29 @@ def weight_distributions(weights: dict, max_layers: int = 4) -> Figure:
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle("Weight distributions, first vs last step")
     return fig
+
+
+def confusion_matrix(cm, names: list[str], max_labels: int = 30) -> Figure:
+    """Confusion matrix (rows true, columns predicted), row-normalised colours with counts."""
+    import numpy as np
+
+    k = len(names)
+    size = min(12, 2.5 + 0.45 * k)
+    fig = Figure(figsize=(size, size * 0.9), layout="tight")
+    ax = fig.subplots()
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= max_labels:
+        ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), names, fontsize=8)
+        if k <= 15:
+            for i in range(k):
+                for j in range(k):
+                    if cm[i, j]:
+                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                                color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (test split)")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    return fig

@@ -61,6 +61,7 @@ def estimator(cfg: RunConfig, *, role: str, hyperparameters: Mapping[str, Any],
         extra["distribution"] = {"torch_distributed": {"enabled": True}}
     if use_spot:
         extra.update(use_spot_instances=True, max_wait=max_run_s * 2)
+    kwargs.setdefault("debugger_hook_config", False)  # our hook writes to the job output unless told otherwise
     return PyTorch(
         entry_point="train.py", source_dir=str(src), role=role,
         framework_version=SAGEMAKER_FRAMEWORK_VERSION, py_version=SAGEMAKER_PY_VERSION,
@@ -68,8 +69,7 @@ def estimator(cfg: RunConfig, *, role: str, hyperparameters: Mapping[str, Any],
         hyperparameters=dict(hyperparameters), metric_definitions=metric_definitions(),
         output_path=f"{prefix}/output", checkpoint_s3_uri=f"{prefix}/checkpoints",
         code_location=f"{prefix}/code", max_run=max_run_s, sagemaker_session=sagemaker_session,
-        base_job_name=f"sagebook-{cfg.backbone.replace('_', '-')}", debugger_hook_config=False,
-        **extra, **kwargs,
+        base_job_name=f"sagebook-{cfg.backbone.replace('_', '-')}", **extra, **kwargs,
     )
 
 
@@ -124,3 +124,92 @@ def _parse_hp(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
+
+
+def instrumentation_hyperparameters(inst: Any) -> dict[str, Any]:
+    """The entry point's flags that turn on the hook and the profiler (they write to SM_OUTPUT_DATA_DIR)."""
+    return {"debugger": inst.debugger, "train_save_interval": inst.train_save_interval,
+            "eval_save_interval": inst.eval_save_interval, "profiler": inst.profiler,
+            "profiler_interval_ms": inst.profiler_interval_ms, "profile_steps": inst.profile_steps}
+
+
+def debugger_service_settings(cfg: RunConfig, inst: Any) -> dict[str, Any]:
+    """Estimator arguments for accounts that can use the Debugger service: managed rules, hook, profiler.
+
+    The hook then takes its configuration from the platform (``debughookconfig.json``) and the
+    ProfilerReport rule writes ``rule-output/ProfilerReport/profiler-output/profiler-report.html``.
+    """
+    from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig
+
+    from helpers.debugger_rules import sagemaker_rules
+
+    every = {"train.save_interval": str(inst.train_save_interval), "eval.save_interval": str(inst.eval_save_interval)}
+    collections = [CollectionConfig(name, every) for name in ("losses", "gradients", "weights", "biases")]
+    collections.append(CollectionConfig("relu_input", {**every, "include_regex": ".*relu_input"}))
+    collections.append(CollectionConfig("labels", {**every, "include_regex": "^labels$"}))
+    collections.append(CollectionConfig("predictions", {**every, "include_regex": "^predictions$"}))
+    return {
+        "rules": sagemaker_rules(),
+        "debugger_hook_config": DebuggerHookConfig(s3_output_path=f"{cfg.s3_prefix.rstrip('/')}/debug-output",
+                                                   collection_configs=collections),
+        "profiler_config": ProfilerConfig(system_monitor_interval_millis=inst.profiler_interval_ms),
+    }
+
+
+def final_training(cfg: RunConfig, data: Mapping[str, Any], *, role: str, hyperparameters: Mapping[str, Any],
+                   inst: Any, use_debugger_service: bool = False, instance_type: str = DEFAULT_INSTANCE_TYPE,
+                   sagemaker_session: Any = None, wait: bool = True) -> Any:
+    """The final training job on train, valid and test, with our hook and profiler writing to its output.
+
+    Without the Debugger service (closed to new customers since 2026-07-30) the job's
+    ``output.tar.gz`` carries ``tensors/`` and ``profiler/``, which the local rules analyse.
+    """
+    sess = sagemaker_session or session(cfg)
+    extra = debugger_service_settings(cfg, inst) if use_debugger_service else {"disable_profiler": True}
+    est = estimator(cfg, role=role, hyperparameters={**hyperparameters, **instrumentation_hyperparameters(inst)},
+                    instance_type=instance_type, sagemaker_session=sess, **extra)
+    est.fit(channels(data), wait=wait)
+    return est
+
+
+def download_output(est: Any, dest: str | Path) -> Path:
+    """Download and safely extract a finished job's ``output.tar.gz`` (metrics, tensors, profiler files)."""
+    import tarfile
+
+    from sagemaker.s3 import S3Downloader
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    job = est.latest_training_job.name
+    uri = f"{est.output_path.rstrip('/')}/{job}/output/output.tar.gz"
+    S3Downloader.download(uri, str(dest), sagemaker_session=est.sagemaker_session)
+    with tarfile.open(dest / "output.tar.gz") as tar:
+        tar.extractall(dest / "data", filter="data")  # refuses absolute paths, '..' and links outside
+    return dest / "data"
+
+
+def platform_profiler_report(est: Any, dest: str | Path) -> Path | None:
+    """The ProfilerReport rule's own HTML report, when the Debugger service ran it."""
+    from sagemaker.s3 import S3Downloader
+
+    base = f"{est.output_path.rstrip('/')}/{est.latest_training_job.name}"
+    uri = f"{base}/rule-output/ProfilerReport/profiler-output/profiler-report.html"
+    try:
+        S3Downloader.download(uri, str(dest), sagemaker_session=est.sagemaker_session)
+    except Exception:  # noqa: BLE001 - no report (service not used, or the rule has not finished)
+        return None
+    return Path(dest) / "profiler-report.html"
+
+
+def download_model(est: Any, dest: str | Path) -> Path:
+    """Download and extract a finished job's ``model.tar.gz`` into ``dest`` (a model folder)."""
+    import tarfile
+
+    from sagemaker.s3 import S3Downloader
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    S3Downloader.download(est.model_data, str(dest), sagemaker_session=est.sagemaker_session)
+    with tarfile.open(dest / "model.tar.gz") as tar:
+        tar.extractall(dest, filter="data")
+    return dest

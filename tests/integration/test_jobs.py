@@ -94,3 +94,17 @@ def test_staged_source_dir_runs_alone_with_plain_flags(synthetic_root, tmp_path)
     check = subprocess.run([sys.executable, "-c", "import helpers.train, helpers; print(helpers.__file__)"],
                            cwd=src, env=env, capture_output=True, text=True)
     assert check.stdout.strip() == str(src / "helpers" / "__init__.py")  # the copy, not the checkout
+
+
+@pytest.mark.slow
+def test_a_completed_job_is_reused_unless_asked_to_rerun(synthetic_root, tmp_path):
+    hp = {**HP, "epochs": 1}
+    first = jobs.run_local_job("once", hyperparameters=hp, channels=channels(synthetic_root), jobs_dir=tmp_path,
+                               echo=None)
+    lines = []
+    again = jobs.run_local_job("once", hyperparameters=hp, channels=channels(synthetic_root), jobs_dir=tmp_path,
+                               echo=lines.append)
+    assert lines == [] and again.started == first.started and again.metrics == first.metrics
+    rerun = jobs.run_local_job("once", hyperparameters=hp, channels=channels(synthetic_root), jobs_dir=tmp_path,
+                               echo=lines.append, rerun=True)
+    assert lines and rerun.started >= first.started

@@ -96,3 +96,38 @@ def test_channels_need_the_s3_upload():
 def test_tuned_values_come_back_typed(name, raw, value):
     got = hpo.coerce(name, sagemaker_jobs._parse_hp(raw))
     assert got == value and type(got) is type(value)
+
+
+def test_final_training_without_the_debugger_service(aws):
+    from helpers.debugger import Instrumentation
+
+    cfg, sess, sent = aws
+    inst = Instrumentation(debugger=True, profiler=True, train_save_interval=10, eval_save_interval=1)
+    sagemaker_jobs.final_training(cfg, DATA, role=ROLE, hyperparameters={"lr": 0.01}, inst=inst,
+                                  sagemaker_session=sess, wait=False)
+    d = sent["CreateTrainingJob"]
+    hp = {k: json.loads(v) for k, v in d["HyperParameters"].items()}
+    assert hp["debugger"] is True and hp["profiler"] is True and hp["train_save_interval"] == 10
+    assert "DebugRuleConfigurations" not in d and "DebugHookConfig" not in d
+    assert d.get("ProfilerConfig", {}).get("DisableProfiler", True) is True
+    assert {c["ChannelName"] for c in d["InputDataConfig"]} == {"train", "valid", "test"}
+
+
+def test_final_training_with_the_debugger_service(aws):
+    from helpers.debugger import Instrumentation
+    from helpers.debugger_rules import RULES
+
+    cfg, sess, sent = aws
+    inst = Instrumentation(debugger=True, profiler=True, train_save_interval=10, eval_save_interval=1)
+    sagemaker_jobs.final_training(cfg, DATA, role=ROLE, hyperparameters={"lr": 0.01}, inst=inst,
+                                  use_debugger_service=True, sagemaker_session=sess, wait=False)
+    d = sent["CreateTrainingJob"]
+    rules = {r["RuleConfigurationName"]: r["RuleParameters"]["rule_to_invoke"] for r in d["DebugRuleConfigurations"]}
+    assert sorted(rules) == sorted(r.cls for r in RULES) and all(k == v for k, v in rules.items())
+    assert [r["RuleConfigurationName"] for r in d["ProfilerRuleConfigurations"]] == ["ProfilerReport"]
+    hook = d["DebugHookConfig"]
+    assert hook["S3OutputPath"] == "s3://sagebook-test/run/debug-output"
+    colls = {c["CollectionName"]: c["CollectionParameters"] for c in hook["CollectionConfigurations"]}
+    assert colls["losses"] == {"train.save_interval": "10", "eval.save_interval": "1"}
+    assert colls["relu_input"]["include_regex"] == ".*relu_input"
+    assert d["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500

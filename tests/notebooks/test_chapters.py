@@ -146,3 +146,33 @@ def test_chapter_02_tunes_another_backbone(tmp_path):
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
     text = "".join(o.get("text", "") for o in outputs)
     assert "The best of 4 trials reached valid:accuracy" in text and ": Completed in" in text
+
+
+@pytest.mark.slow
+def test_chapter_03_without_best_hyperparameters_names_chapter_02(tmp_path):
+    common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
+              "synthetic_images": 10}
+    execute("01_data", tmp_path, **common)
+    with pytest.raises(papermill.PapermillExecutionError, match="run chapter 02_hpo first, or pass hyperparameters"):
+        execute("03_debug_profile", tmp_path, **common)
+
+
+@pytest.mark.slow
+def test_chapter_03_trains_under_debugger_and_profiler(tmp_path):
+    common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
+              "synthetic_images": 10}
+    execute("01_data", tmp_path, **common)
+    nb = execute("03_debug_profile", tmp_path, **common, train_save_interval=1,
+                 hyperparameters={"lr": 0.01, "batch_size": 8, "epochs": 2, "image_size": 32})
+    rec = Manifest.load(tmp_path / "work").require("model", dataset="synthetic")
+    model_dir = Path(rec["model_dir"])
+    assert (model_dir / "model.pth").is_file() and (model_dir / "code" / "inference.py").is_file()
+    assert Path(rec["profiler_report"]).read_text().count("data:image/png;base64,") >= 2
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # loss, gradients, weights, steps, confusion
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "Test accuracy" in text and "The data loader used" in text
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    for rule in ("vanishing_gradient", "class_imbalance", "LowGPUUtilization", "MaxInitializationTime"):
+        assert rule in html
+    assert "INFO" not in text  # smdebug's chatter stays out of the book

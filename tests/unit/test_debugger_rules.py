@@ -56,7 +56,7 @@ def run(tmp_path, *, lr, epochs, init_scale, n_train, class_weights, label_noise
                 xb, yb = x[i:i + 32], y[i:i + 32]
                 out_b = model(xb)
                 loss = crit(out_b, yb)
-                debugger.save_batch(hook, yb, out_b.argmax(1))
+                debugger.save_batch(hook, yb, out_b)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
