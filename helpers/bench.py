@@ -1,6 +1,7 @@
 """Benchmarks: comparisons measured side by side in one run, printed as a table.
 
     python -m helpers.bench hpo [--trials 8] [--dataset digits] [--backbone resnet18] [--json PATH]
+    python -m helpers.bench overhead [--epochs 2] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -40,6 +41,31 @@ def bench_hpo(cfg: RunConfig, trials: int) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_overhead(cfg: RunConfig, epochs: int = 2, rounds: int = 2) -> list[dict[str, Any]]:
+    """Epoch time with the Debugger hook and the profiler on (default intervals) vs off, interleaved."""
+    import statistics
+
+    from helpers import data
+    from helpers.debugger import Instrumentation
+    from helpers.train import JobPaths, TrainConfig, fit
+
+    root = data.prepare_dataset(cfg, progress=False)
+    tc = TrainConfig(backbone=cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, epochs=epochs,
+                     patience=0, use_feature_cache=False, batch_size=32)
+    variants = {"off": Instrumentation(), "hook + profiler": Instrumentation(debugger=True, profiler=True)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with tempfile.TemporaryDirectory(prefix="sagebook-bench-") as tmp:
+        for r in range(rounds):
+            for label, inst in variants.items():
+                out = Path(tmp) / f"{label.replace(' ', '')}-{r}"
+                paths = JobPaths(root / "train", root / "valid", None, out / "model", out / "output", None)
+                res = fit(tc, paths, instruments=inst, emit=lambda line: None, write_artifacts=False)
+                times[label] += [h["seconds"] for h in res.history]
+    base = statistics.median(times["off"])
+    return [{"variant": k, "epochs": len(v), "median_epoch_s": statistics.median(v),
+             "overhead_pct": 100 * (statistics.median(v) / base - 1)} for k, v in times.items()]
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     cols = list(rows[0])
     fmt = {float: "{:.3f}", int: "{}"}
@@ -58,6 +84,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     h.add_argument("--dataset", default="digits")
     h.add_argument("--backbone", default="resnet18")
     h.add_argument("--image-size", type=int, default=0)
+    o = sub.add_parser("overhead", help="epoch time with the Debugger hook and the profiler on vs off")
+    o.add_argument("--epochs", type=int, default=2)
+    o.add_argument("--rounds", type=int, default=2)
+    o.add_argument("--dataset", default="digits")
+    o.add_argument("--backbone", default="resnet18")
+    o.add_argument("--image-size", type=int, default=0)
     p.add_argument("--json", help="also write the results as JSON to this file")
     return p
 
@@ -66,11 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cfg = RunConfig(dataset=args.dataset, backbone=args.backbone, image_size=args.image_size)
-    rows = bench_hpo(cfg, args.trials)
-    print(f"Hyperparameter tuning, {args.trials} trials, {cfg.backbone} on {cfg.dataset} at {cfg.image_size}px:")
+    if args.what == "hpo":
+        rows = bench_hpo(cfg, args.trials)
+        print(f"Hyperparameter tuning, {args.trials} trials, {cfg.backbone} on {cfg.dataset} at {cfg.image_size}px:")
+    else:
+        rows = bench_overhead(cfg, args.epochs, args.rounds)
+        print(f"Debugger hook + profiler overhead, {cfg.backbone} on {cfg.dataset} at {cfg.image_size}px, "
+              f"{args.rounds} interleaved rounds of {args.epochs} epochs (target: under 10%):")
     print_table(rows)
     if args.json:
-        Path(args.json).write_text(json.dumps({"hpo": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({args.what: rows}, indent=2))
     return 0
 
 

@@ -33,14 +33,17 @@ NOTEBOOKS = ROOT / "notebooks"
 BOOK = ROOT / "book"
 
 
-#: Set by the runner for the kernels: where executed chapters go, so a chapter can publish files beside it.
+#: Set by the runner for the kernels: where executed chapters go, so a chapter can publish files for the book.
 BOOK_DIR_ENV = "SAGEBOOK_BOOK_DIR"
+#: Copied as is to the root of the HTML output (Sphinx ``html_extra_path`` in ``_config.yml``).
+EXTRA = "_extra"
 ASSETS = "_assets"
 
 
 def publish(path: str | os.PathLike[str], name: str | None = None) -> str:
-    """Make a file reachable from the book: copied next to the executed chapter; returns the link to use.
+    """Make a file (a report) part of the HTML book and return the link to it from a chapter page.
 
+    The file is copied to ``book/_extra/_assets/``, which the build copies to ``_build/html/_assets/``.
     Outside the book runner it returns the file's own path (a link that works in Jupyter).
     """
     import shutil
@@ -48,10 +51,10 @@ def publish(path: str | os.PathLike[str], name: str | None = None) -> str:
     book_dir = os.environ.get(BOOK_DIR_ENV)
     if not book_dir:
         return str(path)
-    dest = Path(book_dir) / ASSETS / (name or Path(path).name)
+    dest = Path(book_dir) / EXTRA / ASSETS / (name or Path(path).name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, dest)
-    return f"{ASSETS}/{dest.name}"
+    return f"../{ASSETS}/{dest.name}"  # chapter pages are one level down, in book/
 
 
 class BookError(RuntimeError):
@@ -159,6 +162,7 @@ def stub_unexecuted(nb: Path, out_dir: Path = BOOK) -> None:
 
 def build(root: Path = ROOT) -> Path:
     """Run ``jupyter-book build`` (execution off, warnings as errors) and return ``index.html``."""
+    (root / "book" / EXTRA).mkdir(parents=True, exist_ok=True)  # html_extra_path must exist
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--warningiserror", "--keep-going"]
     log.info("$ %s", " ".join(cmd))

@@ -456,9 +456,9 @@ class RuleResult:
 
 def open_trial(path: str | Path) -> Any:
     """An smdebug trial over a finished job's tensors; :class:`TrialError` when there is nothing to analyse."""
+    quiet_smdebug()
     from smdebug.trials import create_trial
 
-    quiet_smdebug()
     path = Path(path)
     if not path.is_dir() or not any(path.iterdir()):
         raise TrialError(f"{path} holds no Debugger tensors: was the job run with the hook on (debugger=True)?")
@@ -518,7 +518,8 @@ def results_table(results: list[RuleResult]):
 
     df = pd.DataFrame([r.to_dict() for r in results])
     df["first_step"] = df["first_step"].astype("Int64")
-    return df.rename(columns={"first_step": "first step", "meaning": "what it means", "action": "what to do"})
+    df = df.rename(columns={"first_step": "first step", "meaning": "what it means", "action": "what to do"})
+    return df.set_index("rule")
 
 
 def sagemaker_rules() -> list[Any]:

@@ -190,15 +190,24 @@ def step_times(steps: list[dict]) -> Figure:
 
 
 def loss_per_step(curves: dict) -> Figure:
-    """Training and validation loss per step, read from the Debugger trial."""
+    """Training loss per saved step, and validation loss per batch with its mean per evaluation."""
+    import numpy as np
+
     fig = Figure(figsize=(8, 3.4), layout="tight")
     ax = fig.subplots()
-    for label, (steps, values) in curves.items():
-        ax.plot(steps, values, marker="." if label == "valid" else None, lw=1, label=label)
+    steps, values = curves.get("train", ([], []))
+    ax.plot(steps, values, lw=1, label="train")
+    vsteps, vvalues = curves.get("valid", ([], []))
+    if vsteps:
+        ax.scatter(vsteps, vvalues, s=8, color="#ff7f0e", alpha=0.4, label="valid (per batch)")
+        breaks = np.flatnonzero(np.diff(vsteps) > 1) + 1  # consecutive EVAL steps form one evaluation
+        groups = np.split(np.arange(len(vsteps)), breaks)
+        ax.plot([vsteps[g[-1]] for g in groups], [float(np.mean(np.asarray(vvalues)[g])) for g in groups],
+                marker="o", color="#d62728", lw=1.5, label="valid (mean per evaluation)")
     ax.set_xlabel("step")
     ax.set_ylabel("CrossEntropyLoss_output_0")
     ax.set_title("Loss per step (Debugger trial)")
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 

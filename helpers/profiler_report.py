@@ -326,7 +326,7 @@ def results_table(results: list[ProfilerRuleResult]):
     import pandas as pd
 
     return pd.DataFrame([{"rule": r.rule, "status": r.status, "triggered": r.triggered, "datapoints": r.datapoints,
-                          "numbers": r.numbers, "recommendation": r.recommendation} for r in results])
+                          "numbers": r.numbers, "recommendation": r.recommendation} for r in results]).set_index("rule")
 
 
 def top_ops_table(p: Profile, n: int = 10):

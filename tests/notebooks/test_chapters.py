@@ -176,3 +176,14 @@ def test_chapter_03_trains_under_debugger_and_profiler(tmp_path):
     for rule in ("vanishing_gradient", "class_imbalance", "LowGPUUtilization", "MaxInitializationTime"):
         assert rule in html
     assert "INFO" not in text  # smdebug's chatter stays out of the book
+
+
+def test_publish_puts_reports_where_the_build_copies_them(tmp_path, monkeypatch):
+    report = tmp_path / "r.html"
+    report.write_text("<html></html>")
+    monkeypatch.delenv(book.BOOK_DIR_ENV, raising=False)
+    assert book.publish(report) == str(report)
+    monkeypatch.setenv(book.BOOK_DIR_ENV, str(tmp_path / "book"))
+    assert book.publish(report, "job-report.html") == "../_assets/job-report.html"
+    assert (tmp_path / "book" / "_extra" / "_assets" / "job-report.html").read_text() == "<html></html>"
+    assert "book/_extra" in (ROOT / "_config.yml").read_text()  # html_extra_path: copied to _build/html/
