@@ -104,12 +104,15 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _gpu_series(p: Profile, key: str) -> list[list[float]]:
+    """Per GPU, its utilisation (``key="util"``) or memory use in percent (``key="mem"``) over time."""
     n = max((len(s.get("gpu") or []) for s in p.system), default=0)
     series: list[list[float]] = [[] for _ in range(n)]
     for s in p.system:
         for i, g in enumerate(s.get("gpu") or []):
-            if key in g:
-                series[i].append(g[key] if key == "util" else 100.0 * g["mem_used"] / max(1.0, g["mem_total"]))
+            if key == "util" and "util" in g:
+                series[i].append(g["util"])
+            elif key == "mem" and "mem_used" in g:
+                series[i].append(100.0 * g["mem_used"] / max(1.0, g["mem_total"]))
     return series
 
 
@@ -198,7 +201,7 @@ def _gpu_memory(p: Profile, k: dict[str, Any]) -> tuple[int, int, str]:
 
 def _init_time(p: Profile, k: dict[str, Any]) -> tuple[int, int, str]:
     start, first = p.meta.get("process_start"), p.meta.get("first_step")
-    if not start or not first:
+    if start is None or first is None:
         return 0, 0, "the job recorded no training step"
     minutes = (first - start) / 60
     return int(minutes > k["threshold"]), 1, (
