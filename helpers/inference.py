@@ -2,16 +2,35 @@
 
 The serving container calls ``model_fn(model_dir)`` once, then for each request
 ``input_fn(body, content_type)`` -> ``predict_fn(data, model)`` -> ``output_fn(prediction, accept)``.
-The model is rebuilt from ``model_config.json`` + ``model.pth`` with the same eval preset as training;
-nothing is downloaded at start-up and no URL in a request is ever fetched.
+The model is rebuilt from ``model_config.json`` + ``model.pth`` (``torch.load(weights_only=True)``)
+with the same eval preset as training. Nothing is downloaded at start-up, and a URL in a request is
+never fetched (that would let callers make the endpoint request arbitrary addresses).
+
+Request content types:
+
+- ``image/jpeg``, ``image/png``, ``application/x-image``: one image, the raw file bytes;
+- ``application/x-npy``: a batch, one ``.npy`` array of uint8 pixels shaped ``(N, H, W, 3)``,
+  ``(N, H, W)`` or ``(H, W, 3)`` (loaded with ``allow_pickle=False``);
+- ``application/json``: ``{"instances": [{"b64": "<base64 image file>"}, ...], "top_k": 3}``.
+
+Response (``application/json``), one entry per image, classes best first::
+
+    {"predictions": [{"top_k": [{"index": 4, "class": "005.Akita", "label": "Akita",
+                                 "probability": 0.91}, ...]}]}
+
+``index`` is the 0-based label the model was trained with; ``label`` drops the folder's number.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 from helpers.layout import display_name
@@ -19,7 +38,33 @@ from helpers.models import load_model
 from helpers.presets import Preprocessing, eval_transform
 
 TOP_K = 3
+MAX_TOP_K = 20
+MAX_BATCH = 64
+MAX_PIXELS = 40_000_000  # per image: larger ones are refused (decompression bombs)
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
+NPY = "application/x-npy"
+JSON = "application/json"
+CONTENT_TYPES = IMAGE_TYPES + (NPY, JSON)
+
+try:  # in SageMaker's serving container the toolkit turns these into HTTP statuses
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:  # pragma: no cover - the toolkit is optional outside the container
+    class _ToolkitError(Exception):  # type: ignore[no-redef]
+        def __init__(self, status_code: int, message: str, phrase: str) -> None:
+            super().__init__(message)
+            self.status_code, self.message, self.phrase = status_code, message, phrase
+
+
+class InferenceError(_ToolkitError):
+    """A request the handler refuses; ``status_code`` is the HTTP status to answer with."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(status_code, message, message)
+        self.status_code = status_code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def model_fn(model_dir: str) -> dict[str, Any]:
@@ -29,27 +74,108 @@ def model_fn(model_dir: str) -> dict[str, Any]:
             "transform": eval_transform(Preprocessing.from_dict(cfg.preprocessing))}
 
 
-def input_fn(body: bytes, content_type: str) -> list[bytes]:
-    if content_type.split(";")[0].strip() not in IMAGE_TYPES:
-        raise ValueError(f"unsupported content type {content_type!r}; send one of {', '.join(IMAGE_TYPES)}")
-    return [bytes(body)]
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _open_image(raw: bytes) -> Any:
+    """A decoded RGB image, or InferenceError (never a PIL traceback)."""
+    from PIL import Image
+
+    if not raw:
+        raise InferenceError(400, "The request body is empty: send the image bytes.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as im:
+                if im.size[0] * im.size[1] > MAX_PIXELS:
+                    raise InferenceError(413, f"The image is {im.size[0]}x{im.size[1]} pixels; the limit is "
+                                              f"{MAX_PIXELS:,} pixels.")
+                return im.convert("RGB")
+    except InferenceError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InferenceError(413, "The image has too many pixels (a decompression bomb?); it was refused.") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for undecodable data
+        raise InferenceError(400, f"The body is not a decodable image ({type(e).__name__}).") from None
+
+
+def input_fn(body: bytes | str, content_type: str) -> dict[str, Any]:
+    """Decode a request into ``{"images": [PIL images], "top_k": k}``."""
+    media = _media_type(content_type)
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if media in IMAGE_TYPES:
+        return {"images": [_open_image(bytes(body))], "top_k": TOP_K}
+    if media == NPY:
+        return {"images": _npy_images(bytes(body)), "top_k": TOP_K}
+    if media == JSON:
+        return _json_request(bytes(body))
+    raise InferenceError(415, f"Unsupported content type {content_type!r}; send one of {', '.join(CONTENT_TYPES)}.")
+
+
+def _npy_images(body: bytes) -> list[Any]:
+    from PIL import Image
+
+    if not body:
+        raise InferenceError(400, "The request body is empty: send a .npy array.")
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - malformed .npy data
+        raise InferenceError(400, f"The body is not a .npy array ({type(e).__name__}).") from None
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3):
+        arr = arr[None]
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3) or arr.dtype != np.uint8:
+        raise InferenceError(400, f"Expected uint8 pixels shaped (N, H, W, 3), (N, H, W) or (H, W, 3); got "
+                                  f"{arr.dtype} {arr.shape}.")
+    if len(arr) > MAX_BATCH or arr[0].size > 3 * MAX_PIXELS:
+        raise InferenceError(413, f"At most {MAX_BATCH} images of {MAX_PIXELS:,} pixels per request.")
+    return [Image.fromarray(a).convert("RGB") for a in arr]
+
+
+def _json_request(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InferenceError(400, "The body is not valid JSON.") from None
+    instances = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise InferenceError(400, 'Expected {"instances": [{"b64": "<base64 image>"}, ...]}.')
+    if len(instances) > MAX_BATCH:
+        raise InferenceError(413, f"At most {MAX_BATCH} instances per request.")
+    images = []
+    for i, inst in enumerate(instances):
+        if isinstance(inst, dict) and any(k in inst for k in ("url", "uri", "s3")):
+            raise InferenceError(400, f"instances[{i}] names a URL: the endpoint never fetches URLs; send the "
+                                      "image bytes base64-encoded in 'b64'.")
+        if not isinstance(inst, dict) or not isinstance(inst.get("b64"), str):
+            raise InferenceError(400, f'instances[{i}] must be {{"b64": "<base64 image>"}}.')
+        try:
+            raw = base64.b64decode(inst["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InferenceError(400, f"instances[{i}].b64 is not valid base64.") from None
+        images.append(_open_image(raw))
+    top_k = doc.get("top_k", TOP_K)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise InferenceError(400, f"top_k must be an integer from 1 to {MAX_TOP_K}.")
+    return {"images": images, "top_k": top_k}
 
 
 @torch.no_grad()
-def predict_fn(images: list[bytes], bundle: dict[str, Any]) -> list[list[dict[str, Any]]]:
-    from PIL import Image
-
-    batch = []
-    for raw in images:
-        with Image.open(io.BytesIO(raw)) as im:
-            batch.append(bundle["transform"](im))
-    probs = torch.softmax(bundle["model"](torch.stack(batch).to(bundle["device"])), dim=1).cpu()
-    names = bundle["config"].class_names
-    k = min(TOP_K, probs.shape[1])
+def predict_fn(data: dict[str, Any], bundle: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """Top-k classes with probabilities for each image."""
+    batch = torch.stack([bundle["transform"](im) for im in data["images"]]).to(bundle["device"])
+    probs = torch.softmax(bundle["model"](batch).float(), dim=1).cpu()
+    folders = bundle["config"].class_names or [str(i) for i in range(probs.shape[1])]
+    k = min(data.get("top_k", TOP_K), probs.shape[1])
     top = probs.topk(k, dim=1)
-    return [[{"index": int(i), "label": display_name(names[i]) if names else str(int(i)), "probability": float(p)}
+    return [[{"index": int(i), "class": folders[i], "label": display_name(folders[i]), "probability": float(p)}
              for p, i in zip(ps.tolist(), idx.tolist())] for ps, idx in zip(top.values, top.indices)]
 
 
-def output_fn(prediction: list[list[dict[str, Any]]], accept: str = "application/json") -> str:
+def output_fn(prediction: list[list[dict[str, Any]]], accept: str = JSON) -> str:
+    if _media_type(accept) not in ("", "*/*", JSON):
+        raise InferenceError(406, f"Unsupported Accept {accept!r}; the endpoint answers application/json.")
     return json.dumps({"predictions": [{"top_k": p} for p in prediction]})
