@@ -27,6 +27,7 @@ from fastapi import Request  # at module level: FastAPI resolves the handlers' a
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 6 * 1024 * 1024  # SageMaker real-time inference payload limit
+DRAIN_LIMIT = 4 * MAX_PAYLOAD  # larger bodies are not read at all
 MODEL_DIR_ENV = "SAGEBOOK_MODEL_DIR"
 ENDPOINT_NAME_ENV = "SAGEBOOK_ENDPOINT_NAME"
 REQUIRED_FILES = ("model.pth", "model_config.json")
@@ -80,16 +81,19 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
     limiter = anyio.CapacityLimiter(1)  # one model call at a time per worker process; others queue
 
     async def read_body(request: Request) -> bytes | None:
+        """The body, or None when it is over the limit (read to the end, up to a cap, so the client
+        gets the 413 instead of a reset connection; past the cap the connection is dropped)."""
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_PAYLOAD:
+        if declared and declared.isdigit() and int(declared) > DRAIN_LIMIT:
             return None
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > MAX_PAYLOAD:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if size <= MAX_PAYLOAD:
+                chunks.append(chunk)
+            elif size > DRAIN_LIMIT:
+                break
+        return b"".join(chunks) if size <= MAX_PAYLOAD else None
 
     def handle(body: bytes, content_type: str, accept: str) -> str:
         data = inference.input_fn(body, content_type)

@@ -26,3 +26,20 @@ def cfg(work_dir: Path) -> RunConfig:
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean 3-class synthetic ImageFolder, shared read-only by tests."""
     return make_synthetic(tmp_path_factory.mktemp("syn") / "ds", num_classes=3, images_per_class=10, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> Path:
+    """A tiny model trained on the synthetic set: the model folder of a training job."""
+    from helpers.train import JobPaths, TrainConfig, fit
+
+    base = tmp_path_factory.mktemp("trained")
+    paths = JobPaths(synthetic_root / "train", synthetic_root / "valid", synthetic_root / "test",
+                     base / "model", base / "output", None)
+    fit(TrainConfig(image_size=32, batch_size=8, epochs=3, lr=0.01, num_workers=0), paths, emit=lambda line: None)
+    return base / "model"
+
+
+@pytest.fixture(scope="session")
+def test_image(synthetic_root: Path) -> bytes:
+    return sorted((synthetic_root / "test" / "002.Afghan_hound").iterdir())[0].read_bytes()
