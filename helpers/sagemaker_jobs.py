@@ -149,7 +149,7 @@ def debugger_service_settings(cfg: RunConfig, inst: Any) -> dict[str, Any]:
     collections.append(CollectionConfig("labels", {**every, "include_regex": "^labels$"}))
     collections.append(CollectionConfig("predictions", {**every, "include_regex": "^predictions$"}))
     return {
-        "rules": sagemaker_rules(),
+        "rules": sagemaker_rules(collections),
         "debugger_hook_config": DebuggerHookConfig(s3_output_path=f"{cfg.s3_prefix.rstrip('/')}/debug-output",
                                                    collection_configs=collections),
         "profiler_config": ProfilerConfig(system_monitor_interval_millis=inst.profiler_interval_ms),
