@@ -2,6 +2,7 @@
 
     python -m helpers.bench hpo [--trials 8] [--dataset digits] [--backbone resnet18] [--json PATH]
     python -m helpers.bench overhead [--epochs 2] [--rounds 2]
+    python -m helpers.bench serving [--model-dir DIR] [--requests 48]
 """
 
 from __future__ import annotations
@@ -66,6 +67,79 @@ def bench_overhead(cfg: RunConfig, epochs: int = 2, rounds: int = 2) -> list[dic
              "overhead_pct": 100 * (statistics.median(v) / base - 1)} for k, v in times.items()]
 
 
+def _percentiles(ms: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+def _quick_model(work: Path) -> Path:
+    """A small model trained on the synthetic set, when no trained model is at hand."""
+    from helpers import data
+    from helpers.train import JobPaths, TrainConfig, fit
+
+    root = data.make_synthetic(work / "synthetic", num_classes=4, images_per_class=12)
+    paths = JobPaths(root / "train", root / "valid", None, work / "model", work / "output", None)
+    fit(TrainConfig(image_size=64, epochs=1, batch_size=16, num_workers=0), paths, emit=lambda line: None)
+    return work / "model"
+
+
+def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int, ...] = (1, 4, 16),
+                  worker_counts: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
+    """In-process handler time (the floor) vs the local endpoint's latency by concurrency and workers."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    from helpers import inference
+    from helpers.serving import LocalEndpoint
+
+    with tempfile.TemporaryDirectory(prefix="sagebook-bench-") as tmp:
+        model_dir = model_dir or _quick_model(Path(tmp))
+        cfg = json.loads((Path(model_dir) / "model_config.json").read_text())
+        size = cfg["preprocessing"]["image_size"]
+        from PIL import Image
+        import io
+        import numpy as np
+
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+        image = buf.getvalue()
+        bundle = inference.model_fn(str(model_dir))
+        floor = []
+        for _ in range(max(10, requests // 2)):
+            t0 = time.perf_counter()
+            inference.output_fn(inference.predict_fn(inference.input_fn(image, "image/jpeg"), bundle))
+            floor.append(1e3 * (time.perf_counter() - t0))
+        rows = [{"setup": "in-process handler (floor)", "workers": 0, "concurrency": 1, **_percentiles(floor),
+                 "req_per_s": 1e3 / statistics.median(floor), "p50_vs_floor": 1.0, "worker_rss_mb": 0.0}]
+        base = statistics.median(floor)
+        for workers in worker_counts:
+            with LocalEndpoint(model_dir, workers=workers) as ep:
+                ep.predict(image)  # warm up every worker
+                procs = [psutil.Process(ep.proc.pid), *psutil.Process(ep.proc.pid).children(recursive=True)]
+                for c in levels:
+                    n = max(requests, 4 * c)
+
+                    def one(_: int) -> float:
+                        t0 = time.perf_counter()
+                        ep.predict(image)
+                        return 1e3 * (time.perf_counter() - t0)
+
+                    t0 = time.perf_counter()
+                    with ThreadPoolExecutor(c) as pool:
+                        ms = list(pool.map(one, range(n), timeout=300))
+                    wall = time.perf_counter() - t0
+                    rss = max((p.memory_info().rss for p in procs if p.is_running()), default=0) / 1e6
+                    pct = _percentiles(ms)
+                    rows.append({"setup": "local endpoint", "workers": workers, "concurrency": c, **pct,
+                                 "req_per_s": n / wall, "p50_vs_floor": pct["p50_ms"] / base,
+                                 "worker_rss_mb": rss})
+    return rows
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     cols = list(rows[0])
     fmt = {float: "{:.3f}", int: "{}"}
@@ -90,6 +164,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     o.add_argument("--dataset", default="digits")
     o.add_argument("--backbone", default="resnet18")
     o.add_argument("--image-size", type=int, default=0)
+    sv = sub.add_parser("serving", help="handler floor vs local endpoint latency and throughput")
+    sv.add_argument("--model-dir", help="a trained model folder (default: a small model trained on the spot)")
+    sv.add_argument("--requests", type=int, default=48)
     p.add_argument("--json", help="also write the results as JSON to this file")
     return p
 
@@ -97,6 +174,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.what == "serving":
+        rows = bench_serving(Path(args.model_dir) if args.model_dir else None, args.requests)
+        print("Serving: in-process handler vs the local endpoint (loopback, bounded requests); "
+              "target: p50 at concurrency 1 within 1.2x of the floor:")
+        print_table(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"serving": rows}, indent=2))
+        return 0
     cfg = RunConfig(dataset=args.dataset, backbone=args.backbone, image_size=args.image_size)
     if args.what == "hpo":
         rows = bench_hpo(cfg, args.trials)

@@ -190,15 +190,34 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
     per_chapter = check_parameters(params, selected)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
-    with _environ(**{progress.ENV: "0", BOOK_DIR_ENV: str(out_dir.resolve())}):  # results, not bar redraws
-        for nb in selected:
-            print(f"▶ {nb.stem} ...", flush=True)
-            runs.append(run_chapter(nb, per_chapter[nb], out_dir))
-            print(f"  {nb.stem} done in {runs[-1].seconds:.1f} s", flush=True)
+    try:
+        with _environ(**{progress.ENV: "0", BOOK_DIR_ENV: str(out_dir.resolve())}):  # results, not bar redraws
+            for nb in selected:
+                print(f"▶ {nb.stem} ...", flush=True)
+                runs.append(run_chapter(nb, per_chapter[nb], out_dir))
+                print(f"  {nb.stem} done in {runs[-1].seconds:.1f} s", flush=True)
+    finally:
+        teardown(params)  # also when a chapter failed: an endpoint left running costs money
     for nb in all_chapters:
         if not (out_dir / nb.name).exists():
             stub_unexecuted(nb, out_dir)
     return runs, build(notebooks.parent) if do_build else None
+
+
+def teardown(params: dict[str, Any]) -> list[str]:
+    """Remove the endpoint the series left running for chapter 5 (billable on SageMaker)."""
+    from helpers.deploy import teardown_recorded
+    from helpers.manifest import Manifest
+
+    fields = set(RunConfig.field_names())
+    work = RunConfig(**{k: v for k, v in params.items() if k in fields}).work_path
+    manifest = Manifest.load(work)
+    removed = teardown_recorded(manifest.get("endpoint"))
+    if manifest.get("endpoint") is not None:
+        manifest.clear("endpoint")
+    for what in removed:
+        print(f"  tore down {what}")
+    return removed
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -267,3 +267,33 @@ def confusion_matrix(cm, names: list[str], max_labels: int = 30) -> Figure:
     ax.set_title("Confusion matrix (test split)")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     return fig
+
+
+def prediction_gallery(images: list, predictions: list[list[dict]], truths: list[str] | None = None,
+                       cols: int = 4, title: str = "Predictions") -> Figure:
+    """Each image beside its top labels; the title is green when the first label is right, red when wrong."""
+    import io
+
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig = Figure(figsize=(3.4 * cols, 2.3 * rows), layout="tight")
+    axes = fig.subplots(rows, 2 * cols, squeeze=False, width_ratios=[1, 1.2] * cols)
+    for k in range(rows * cols):
+        ax_img, ax_txt = axes[k // cols][2 * (k % cols)], axes[k // cols][2 * (k % cols) + 1]
+        for ax in (ax_img, ax_txt):
+            ax.axis("off")
+        if k >= n:
+            continue
+        img = images[k]
+        if isinstance(img, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(img))
+        ax_img.imshow(img.convert("RGB"))
+        top = predictions[k]
+        truth = truths[k] if truths else None
+        ok = truth is None or top[0]["label"] == truth
+        if truth is not None:
+            ax_img.set_title(f"true: {truth}", fontsize=8, color="#2ca02c" if ok else "#d62728")
+        text = "\n".join(f"{t['label'][:18]}  {t['probability']:.0%}" for t in top[:3])
+        ax_txt.text(0, 0.5, text, fontsize=8, va="center", family="monospace")
+    fig.suptitle(title)
+    return fig

@@ -69,7 +69,6 @@ def _error(status: int, message: str, error_type: str | None = None, runtime: bo
 
 def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook") -> Any:
     """The FastAPI app: loads the model once with ``model_fn`` and answers with the handlers."""
-    import anyio
     from fastapi import FastAPI
     from fastapi.responses import Response
 
@@ -78,7 +77,6 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
     model_dir = check_model_dir(model_dir)
     bundle = inference.model_fn(str(model_dir))
     app = FastAPI(title="sagebook local endpoint", docs_url=None, redoc_url=None, openapi_url=None)
-    limiter = anyio.CapacityLimiter(1)  # one model call at a time per worker process; others queue
 
     async def read_body(request: Request) -> bytes | None:
         """The body, or None when it is over the limit (read to the end, up to a cap, so the client
@@ -107,7 +105,9 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
         content_type = request.headers.get("content-type", "")
         accept = request.headers.get("accept", "application/json")
         try:
-            out = await anyio.to_thread.run_sync(handle, body, content_type, accept, limiter=limiter)
+            # in the event loop itself: one model call at a time per worker process (others queue), and no
+            # thread hop on the latency path; scale with --workers
+            out = handle(body, content_type, accept)
         except inference.InferenceError as e:
             return _error(e.status_code, e.message, runtime=runtime)
         except Exception as e:  # noqa: BLE001 - a failing request must not take the server down
@@ -195,7 +195,9 @@ class LocalEndpoint:
         cmd = [sys.executable, "-m", "helpers.serving", "--model-dir", str(self.model_dir), "--port", str(self.port),
                "--host", self.host, "--workers", str(self.workers), "--name", self.endpoint_name]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+        # its own session: the endpoint outlives the notebook kernel that started it (chapter 5 calls it);
+        # delete_endpoint(), or stop_local_endpoint() with the recorded pid, ends it
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=Path(__file__).resolve().parent.parent)
         self.wait_healthy(timeout_s)
         return self
@@ -236,11 +238,35 @@ class LocalEndpoint:
                 self.proc.wait()
         self.proc = None
 
+    def record(self) -> dict[str, Any]:
+        """What the manifest keeps so a later chapter (or the teardown) can find this endpoint."""
+        return {"backend": "local", "name": self.endpoint_name, "endpoint_url": self.endpoint_url,
+                "pid": self.proc.pid if self.proc else None, "model_dir": str(self.model_dir),
+                "workers": self.workers}
+
     def __enter__(self) -> "LocalEndpoint":
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: Any) -> None:
         self.delete_endpoint()
+
+
+def stop_local_endpoint(pid: int, timeout_s: float = 15) -> bool:
+    """Stop a local endpoint started by an earlier process; only a ``helpers.serving`` process is touched."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if "helpers.serving" not in " ".join(proc.cmdline()):
+            return False
+        children = proc.children(recursive=True)
+        proc.terminate()
+        _, alive = psutil.wait_procs([proc, *children], timeout=timeout_s)
+        for p in alive:
+            p.kill()
+        return True
+    except psutil.Error:
+        return False
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -264,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.environ[MODEL_DIR_ENV] = str(model_dir)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // max(1, args.workers))))  # no oversubscription
     os.environ[ENDPOINT_NAME_ENV] = args.name
     uvicorn.run("helpers.serving:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="warning", access_log=False)

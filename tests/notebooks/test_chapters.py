@@ -187,3 +187,24 @@ def test_publish_puts_reports_where_the_build_copies_them(tmp_path, monkeypatch)
     assert book.publish(report, "job-report.html") == "../_assets/job-report.html"
     assert (tmp_path / "book" / "_extra" / "_assets" / "job-report.html").read_text() == "<html></html>"
     assert "book/_extra" in (ROOT / "_config.yml").read_text()  # html_extra_path: copied to _build/html/
+
+
+@pytest.mark.slow
+def test_chapter_04_deploys_and_the_runner_tears_down(tmp_path):
+    import psutil
+
+    common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
+              "synthetic_images": 10}
+    execute("01_data", tmp_path, **common)
+    execute("03_debug_profile", tmp_path, **common,
+            hyperparameters={"lr": 0.01, "batch_size": 8, "epochs": 1, "image_size": 32})
+    nb = execute("04_deploy", tmp_path, **common, n_requests=6)
+    rec = Manifest.load(tmp_path / "work").require("endpoint")
+    assert rec["backend"] == "local" and psutil.pid_exists(rec["pid"])  # kept for chapter 5
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "HTTP 200 | ContentType: application/json" in text and "6 requests: p50" in text
+    removed = book.teardown(common)
+    assert removed and not psutil.pid_exists(rec["pid"]) or psutil.Process(rec["pid"]).status() == "zombie"
+    assert Manifest.load(tmp_path / "work").get("endpoint") is None
