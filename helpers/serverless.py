@@ -1,0 +1,252 @@
+"""The Lambda function's packaging, least-privilege role and deployment, and endpoint autoscaling on AWS.
+
+Locally, :func:`invoke_local` runs ``lambda_function.lambda_handler`` in-process with a Lambda-like
+context; it calls the local endpoint through the real boto3 client, the same code path as in AWS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import time
+import uuid
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+HANDLER_FILE = Path(__file__).with_name("lambda_function.py")
+RUNTIME = "python3.12"
+VARIANT = "AllTraffic"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+INVOCATIONS_METRIC = "SageMakerVariantInvocationsPerInstance"
+
+
+# --------------------------------------------------------------------------------------------------
+# IAM
+
+
+def endpoint_arn(region: str, account: str, endpoint: str) -> str:
+    return f"arn:aws:sagemaker:{region}:{account}:endpoint/{endpoint.lower()}"
+
+
+def invoke_policy(region: str, account: str, endpoint: str, function: str) -> dict[str, Any]:
+    """The function role's only permissions: invoke this one endpoint, and write its own log group."""
+    log_group = f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{function}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "InvokeTheEndpoint", "Effect": "Allow", "Action": "sagemaker:InvokeEndpoint",
+             "Resource": endpoint_arn(region, account, endpoint)},
+            {"Sid": "CreateOwnLogGroup", "Effect": "Allow", "Action": "logs:CreateLogGroup", "Resource": log_group},
+            {"Sid": "WriteOwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+             "Resource": f"{log_group}:*"},
+        ],
+    }
+
+
+TRUST_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Packaging and deployment
+
+
+def package_zip() -> bytes:
+    """The deployment package: ``lambda_function.py`` alone (boto3 is in the Lambda runtime)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(HANDLER_FILE, "lambda_function.py")
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    endpoint: str
+    region: str
+    account: str
+    memory_mb: int = 512
+    timeout_s: int = 30
+    provisioned_concurrency: int = 0
+    allow_origin: str = ""
+
+
+def deploy_function(spec: FunctionSpec, *, iam: Any, lam: Any) -> dict[str, Any]:
+    """Create or update the role and the function; optional provisioned concurrency on a published version."""
+    from botocore.exceptions import ClientError
+
+    role_name = f"{spec.name}-role"
+    try:
+        role_arn = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(TRUST_POLICY))["Role"]["Arn"]
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "EntityAlreadyExists":
+            raise
+        role_arn = iam.get_role(RoleName=role_name)["Role"]["Arn"]
+    iam.put_role_policy(RoleName=role_name, PolicyName="invoke-endpoint",
+                        PolicyDocument=json.dumps(invoke_policy(spec.region, spec.account, spec.endpoint, spec.name)))
+    env = {"ENDPOINT_NAME": spec.endpoint, **({"ALLOW_ORIGIN": spec.allow_origin} if spec.allow_origin else {})}
+    code = package_zip()
+    try:
+        fn = lam.create_function(FunctionName=spec.name, Runtime=RUNTIME, Role=role_arn,
+                                 Handler="lambda_function.lambda_handler", Code={"ZipFile": code},
+                                 Timeout=spec.timeout_s, MemorySize=spec.memory_mb,
+                                 Environment={"Variables": env}, Publish=True)
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "ResourceConflictException":
+            raise
+        lam.update_function_code(FunctionName=spec.name, ZipFile=code)
+        fn = lam.update_function_configuration(FunctionName=spec.name, Role=role_arn, Timeout=spec.timeout_s,
+                                               MemorySize=spec.memory_mb, Environment={"Variables": env})
+    result = {"function_arn": fn["FunctionArn"], "role_arn": role_arn}
+    if spec.provisioned_concurrency:
+        version = lam.publish_version(FunctionName=spec.name)["Version"]
+        lam.put_provisioned_concurrency_config(FunctionName=spec.name, Qualifier=version,
+                                               ProvisionedConcurrentExecutions=spec.provisioned_concurrency)
+        result["provisioned_version"] = version
+    return result
+
+
+def delete_function(name: str, *, iam: Any, lam: Any) -> list[str]:
+    """Delete the function and its role; what is already gone is skipped."""
+    from botocore.exceptions import ClientError
+
+    done = []
+    for what, call in (("function", lambda: lam.delete_function(FunctionName=name)),
+                       ("role policy", lambda: iam.delete_role_policy(RoleName=f"{name}-role",
+                                                                       PolicyName="invoke-endpoint")),
+                       ("role", lambda: iam.delete_role(RoleName=f"{name}-role"))):
+        try:
+            call()
+            done.append(what)
+        except ClientError:
+            pass
+    return done
+
+
+# --------------------------------------------------------------------------------------------------
+# Autoscaling (Application Auto Scaling)
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """Target tracking on invocations per instance (per minute), like the console's default policy."""
+
+    name: str = "invocations-target-tracking"
+    min_capacity: int = 1
+    max_capacity: int = 3
+    target_invocations_per_instance: float = 70.0
+    scale_out_cooldown_s: int = 30
+    scale_in_cooldown_s: int = 120
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_capacity <= self.max_capacity:
+            raise ValueError(f"need 1 <= min_capacity <= max_capacity, got {self.min_capacity}, {self.max_capacity}")
+        if self.target_invocations_per_instance <= 0:
+            raise ValueError("target_invocations_per_instance must be > 0")
+
+
+def resource_id(endpoint: str) -> str:
+    return f"endpoint/{endpoint}/variant/{VARIANT}"
+
+
+def enable_autoscaling(client: Any, endpoint: str, policy: ScalingPolicy) -> dict[str, Any]:
+    """``register_scalable_target`` + target-tracking ``put_scaling_policy`` for the endpoint's variant."""
+    rid = resource_id(endpoint)
+    client.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=rid,
+                                    ScalableDimension=SCALABLE_DIMENSION, MinCapacity=policy.min_capacity,
+                                    MaxCapacity=policy.max_capacity)
+    return client.put_scaling_policy(
+        PolicyName=policy.name, ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": policy.target_invocations_per_instance,
+            "PredefinedMetricSpecification": {"PredefinedMetricType": INVOCATIONS_METRIC},
+            "ScaleInCooldown": policy.scale_in_cooldown_s, "ScaleOutCooldown": policy.scale_out_cooldown_s,
+        })
+
+
+def disable_autoscaling(client: Any, endpoint: str, policy_name: str = ScalingPolicy.name) -> list[str]:
+    """Remove the scaling policy and the scalable target (before deleting the endpoint)."""
+    from botocore.exceptions import ClientError
+
+    rid, done = resource_id(endpoint), []
+    for what, call in (
+        ("scaling policy", lambda: client.delete_scaling_policy(PolicyName=policy_name, ServiceNamespace="sagemaker",
+                                                                ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)),
+        ("scalable target", lambda: client.deregister_scalable_target(ServiceNamespace="sagemaker", ResourceId=rid,
+                                                                      ScalableDimension=SCALABLE_DIMENSION)),
+    ):
+        try:
+            call()
+            done.append(what)
+        except ClientError:
+            pass
+    return done
+
+
+# --------------------------------------------------------------------------------------------------
+# Local invocation
+
+
+class LambdaContext:
+    """The attributes of AWS Lambda's context object that a handler may read."""
+
+    def __init__(self, function_name: str = "sagebook-classifier", timeout_s: float = 30, memory_mb: int = 512):
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:000000000000:function:{function_name}"
+        self.memory_limit_in_mb = memory_mb
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int(1000 * (self._deadline - time.monotonic())))
+
+
+@contextmanager
+def local_function(endpoint_name: str, endpoint_url: str, allow_origin: str = "") -> Iterator[Any]:
+    """``lambda_function`` configured as it would be in AWS, pointed at a local endpoint."""
+    from helpers import lambda_function
+
+    keys = {"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url, "ALLOW_ORIGIN": allow_origin,
+            "AWS_REGION": os.environ.get("AWS_REGION") or "us-east-1",  # the Lambda runtime sets both
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: v for k, v in keys.items() if v})
+    if not allow_origin:
+        os.environ.pop("ALLOW_ORIGIN", None)
+    importlib.reload(lambda_function)  # a fresh module: a new container, with its own client
+    try:
+        yield lambda_function
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def api_gateway_event(image: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
+    """An API Gateway (REST, proxy integration) event carrying an image, as API Gateway sends it."""
+    import base64
+
+    return {"resource": "/classify", "path": "/classify", "httpMethod": "POST",
+            "headers": {"Content-Type": content_type}, "isBase64Encoded": True,
+            "body": base64.b64encode(image).decode("ascii"),
+            "requestContext": {"accountId": "123456789012", "stage": "prod", "requestId": str(uuid.uuid4())}}
+
+
+def direct_event(image: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
+    """The direct-invocation event the chapter uses as the console's test event."""
+    import base64
+
+    return {"image_b64": base64.b64encode(image).decode("ascii"), "content_type": content_type}
