@@ -297,3 +297,48 @@ def prediction_gallery(images: list, predictions: list[list[dict]], truths: list
         ax_txt.text(0, 0.5, text, fontsize=8, va="center", family="monospace")
     fig.suptitle(title)
     return fig
+
+
+def load_test(results: dict) -> Figure:
+    """Throughput and p50/p95 latency by concurrency, one line per path (e.g. direct vs through Lambda)."""
+    fig = Figure(figsize=(10, 3.4), layout="tight")
+    ax1, ax2 = fig.subplots(1, 2)
+    for label, rows in results.items():
+        c = [r["concurrency"] for r in rows]
+        ax1.plot(c, [r["req_per_s"] for r in rows], marker="o", label=label)
+        ax2.plot(c, [r["p50_ms"] for r in rows], marker="o", label=f"{label} p50")
+        ax2.plot(c, [r["p95_ms"] for r in rows], marker="x", ls="--", label=f"{label} p95")
+    ax1.set_xlabel("concurrent clients")
+    ax1.set_ylabel("requests / s")
+    ax1.set_title("Throughput of one instance")
+    ax2.set_xlabel("concurrent clients")
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_title("Latency")
+    for ax in (ax1, ax2):
+        ax.legend(frameon=False, fontsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def simulation(results: list, title: str) -> Figure:
+    """SIMULATION: traffic, instances, invocations per instance and estimated latency over time by policy."""
+    fig = Figure(figsize=(10, 7.5), layout="tight")
+    axes = fig.subplots(4, 1, sharex=True)
+    axes[0].plot(results[0].minutes, results[0].traffic, color="k")
+    axes[0].set_ylabel("invocations\n/ minute")
+    for r in results:
+        axes[1].step(r.minutes, r.instances, where="post", label=r.policy.name)
+        axes[2].plot(r.minutes, r.per_instance, label=r.policy.name)
+        axes[3].plot(r.minutes, r.latency_ms, label=r.policy.name)
+        axes[2].axhline(r.policy.target_invocations_per_instance, ls=":", lw=0.8,
+                        color=axes[2].lines[-1].get_color())
+    axes[1].set_ylabel("instances")
+    axes[2].set_ylabel("invocations /\ninstance / min")
+    axes[3].set_ylabel("est. latency\n(ms)")
+    axes[3].set_yscale("log")
+    axes[3].set_xlabel("minute")
+    axes[1].legend(frameon=False, fontsize=8)
+    for ax in axes:
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(f"SIMULATION (not a measurement): {title}")
+    return fig

@@ -190,7 +190,7 @@ def test_publish_puts_reports_where_the_build_copies_them(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_chapter_04_deploys_and_the_runner_tears_down(tmp_path):
+def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path):
     import psutil
 
     common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
@@ -208,3 +208,13 @@ def test_chapter_04_deploys_and_the_runner_tears_down(tmp_path):
     removed = book.teardown(common)
     assert removed and not psutil.pid_exists(rec["pid"]) or psutil.Process(rec["pid"]).status() == "zombie"
     assert Manifest.load(tmp_path / "work").get("endpoint") is None
+    # chapter 5 calls the endpoint through the Lambda handler, load-tests it, simulates, and cleans up
+    execute("04_deploy", tmp_path, **common, n_requests=2)
+    pid = Manifest.load(tmp_path / "work").require("endpoint")["pid"]
+    nb5 = execute("05_lambda_autoscaling", tmp_path, **common, concurrency=[1, 2], requests_per_level=6,
+                  max_seconds=5)
+    text5 = "".join(o.get("text", "") for c in nb5.cells if c.cell_type == "code" for o in c.outputs)
+    assert "test event -> 200" in text5 and "bad event -> 400" in text5 and "Simulation, policy" in text5
+    assert sum("image/png" in o.get("data", {}) for c in nb5.cells if c.cell_type == "code" for o in c.outputs) == 3
+    assert Manifest.load(tmp_path / "work").get("endpoint") is None
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
