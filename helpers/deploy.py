@@ -137,6 +137,9 @@ def teardown_recorded(record: Mapping[str, Any] | None, sagemaker_session: Any =
         return [f"local endpoint {record.get('name')} (pid {pid})"] if pid and stop_local_endpoint(pid) else []
     import boto3
 
-    client = (sagemaker_session.sagemaker_client if sagemaker_session else
-              boto3.client("sagemaker", region_name=record.get("region") or None))
-    return teardown(client, record["name"])
+    from helpers.serverless import disable_autoscaling
+
+    region = record.get("region") or None
+    client = (sagemaker_session.sagemaker_client if sagemaker_session else boto3.client("sagemaker", region_name=region))
+    removed = disable_autoscaling(boto3.client("application-autoscaling", region_name=region), record["name"])
+    return removed + teardown(client, record["name"])

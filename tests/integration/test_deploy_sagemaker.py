@@ -71,3 +71,16 @@ def test_predictor_sends_the_image_and_reads_json(aws, monkeypatch):
 def test_endpoint_names_are_valid():
     name = deploy.endpoint_name(RunConfig(backbone="mobilenet_v3_small", dataset="https://x.org/my_data.zip"))
     assert len(name) <= 63 and all(c.isalnum() or c == "-" for c in name) and not name.startswith("-")
+
+
+def test_recorded_teardown_removes_scaling_then_the_endpoint(aws, trained_model):
+    from helpers import serverless
+
+    cfg, sess, sent = aws
+    ep = deploy.deploy_sagemaker(cfg, trained_model, role=ROLE, sagemaker_session=sess, wait=False)
+    aas = boto3.client("application-autoscaling")
+    serverless.enable_autoscaling(aas, ep.endpoint_name, serverless.ScalingPolicy())
+    removed = deploy.teardown_recorded(ep.record(), sagemaker_session=sess)
+    assert removed[:2] == ["scaling policy", "scalable target"] and any(r.startswith("endpoint ") for r in removed)
+    assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+    assert sess.sagemaker_client.list_endpoints()["Endpoints"] == []
