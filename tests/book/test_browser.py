@@ -1,0 +1,98 @@
+"""The rendered book in a real browser: Debian's Chromium driven by Playwright (no browser download)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import book
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+#: figures each chapter must show (decoded images in its outputs)
+FIGURES = {"01_data": 3, "02_hpo": 2, "03_debug_profile": 5, "04_deploy": 2, "05_lambda_autoscaling": 3}
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                                     reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (HTML / "index.html").exists() or not all((HTML / "book" / f"{c}.html").exists() for c in FIGURES):
+        book.run({})  # the tests run before `make book` in CI: build the book first
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+def visit(browser, url, shot):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.goto(url, wait_until="load")
+    page.wait_for_timeout(300)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
+    return page, errors
+
+
+def pages():
+    return sorted(p for p in HTML.rglob("*.html") if "_static" not in p.parts and "_sources" not in p.parts)
+
+
+def test_every_page_loads_without_console_errors_and_its_images_decode(browser):
+    assert pages(), "no pages built"
+    problems = []
+    for path in pages():
+        name = str(path.relative_to(HTML)).replace("/", "__").removesuffix(".html")
+        page, errors = visit(browser, path.as_uri(), name)
+        broken = page.eval_on_selector_all("img", "els => els.filter(e => !(e.complete && e.naturalWidth > 0))"
+                                                  ".map(e => e.src.slice(-60))")
+        text = page.inner_text("body")
+        if errors:
+            problems.append(f"{name}: {errors}")
+        if broken:
+            problems.append(f"{name}: images that did not decode: {broken}")
+        if "Traceback (most recent call last)" in text or page.query_selector_all(".output.traceback, .output.error"):
+            problems.append(f"{name}: a rendered output holds a traceback or an error")
+        page.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("chapter", list(FIGURES))
+def test_chapter_has_its_figures(browser, chapter):
+    page, _ = visit(browser, (HTML / "book" / f"{chapter}.html").as_uri(), f"figures-{chapter}")
+    decoded = page.eval_on_selector_all(".cell_output img", "els => els.filter(e => e.naturalWidth > 0).length")
+    assert decoded >= FIGURES[chapter]
+    page.close()
+
+
+def test_navigation_reaches_every_chapter(browser):
+    page, _ = visit(browser, (HTML / "index.html").as_uri(), "navigation")
+    links = page.eval_on_selector_all("nav.bd-links a", "els => els.map(e => e.href)")
+    for chapter in FIGURES:
+        assert any(link.endswith(f"book/{chapter}.html") for link in links), chapter
+    page.click(f"nav.bd-links a[href$='{list(FIGURES)[-1]}.html']")
+    assert page.url.endswith(f"{list(FIGURES)[-1]}.html")
+    page.close()
+
+
+def test_profiler_report_opens_from_chapter_3_with_its_charts(browser):
+    page, _ = visit(browser, (HTML / "book" / "03_debug_profile.html").as_uri(), "chapter-3")
+    link = page.query_selector("a:has-text('Open the profiler report')")
+    assert link is not None
+    href = link.get_attribute("href")
+    report, errors = visit(browser, (HTML / "book" / href).resolve().as_uri(), "profiler-report")
+    assert not errors
+    assert report.inner_text("h1") == "Profiler report"
+    charts = report.eval_on_selector_all("img", "els => els.filter(e => e.naturalWidth > 0).length")
+    assert charts >= 2
+    page.close()
+    report.close()
