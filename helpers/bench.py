@@ -1,5 +1,6 @@
 """Benchmarks: comparisons measured side by side in one run, printed as a table.
 
+    python -m helpers.bench [--quick] [--json PATH]       # every comparison of the performance appendix
     python -m helpers.bench hpo [--trials 8] [--dataset digits] [--backbone resnet18] [--json PATH]
     python -m helpers.bench overhead [--epochs 2] [--rounds 2]
     python -m helpers.bench serving [--model-dir DIR] [--requests 48]
@@ -65,6 +66,132 @@ def bench_overhead(cfg: RunConfig, epochs: int = 2, rounds: int = 2) -> list[dic
     base = statistics.median(times["off"])
     return [{"variant": k, "epochs": len(v), "median_epoch_s": statistics.median(v),
              "overhead_pct": 100 * (statistics.median(v) / base - 1)} for k, v in times.items()]
+
+
+def seed_style_training(root: Path, backbone: str, image_size: int, epochs: int, lr: float = 1e-3,
+                        batch_size: int = 32) -> dict[str, Any]:
+    """The seed projects' loop: ImageFolder decoding and resizing every JPEG every epoch, ``num_workers=0``,
+    fp32, no caching, the frozen backbone run forward on every batch of every epoch."""
+    import torch
+    from torch import nn
+    from torchvision import datasets
+
+    from helpers.models import ModelConfig, build_model
+    from helpers.presets import Preprocessing, eval_transform
+
+    start = time.perf_counter()  # like ours, the time includes building the model and the loaders
+    prep = Preprocessing.for_size(image_size)
+    train = datasets.ImageFolder(str(root / "train"), transform=eval_transform(prep))
+    valid = datasets.ImageFolder(str(root / "valid"), transform=eval_transform(prep))
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone, num_classes=len(train.classes)), freeze_backbone=True)
+    opt = torch.optim.Adam(model.head.parameters(), lr=lr)
+    crit = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader:
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(valid, batch_size=64, num_workers=0):
+            correct += (model(x).argmax(1) == y).sum().item()
+    return {"images_per_s": len(train) * epochs / seconds, "valid_accuracy": correct / len(valid),
+            "seconds": seconds, "loader": loader}
+
+
+def bench_training(root: Path, backbone: str, image_size: int, epochs: int) -> list[dict[str, Any]]:
+    """Training throughput and accuracy: the seed-style loop vs ours, trainable and frozen backbone."""
+    from helpers.train import JobPaths, TrainConfig, fit
+
+    base = seed_style_training(root, backbone, image_size, epochs)
+    rows = [{"variant": "seed-style (decode every epoch, 0 workers, fp32, frozen)", "images_per_s": base["images_per_s"],
+             "valid_accuracy": base["valid_accuracy"], "speedup": 1.0}]
+    n_train = sum(1 for p in (root / "train").rglob("*") if p.is_file())
+    with tempfile.TemporaryDirectory(prefix="sagebook-bench-") as tmp:
+        for label, over in (("ours, trainable backbone (workers)", {"freeze_backbone": False, "use_feature_cache": False}),
+                            ("ours, frozen backbone + feature cache", {"freeze_backbone": True})):
+            paths = JobPaths(root / "train", root / "valid", None, Path(tmp) / "m", Path(tmp) / "o", None)
+            t0 = time.perf_counter()
+            res = fit(TrainConfig(backbone=backbone, image_size=image_size, epochs=epochs, patience=0, lr=1e-3,
+                                  batch_size=32, **over), paths, emit=lambda line: None, write_artifacts=False)
+            seconds = time.perf_counter() - t0
+            rows.append({"variant": label, "images_per_s": n_train * epochs / seconds,
+                         "valid_accuracy": res.best_valid["accuracy"],
+                         "speedup": (n_train * epochs / seconds) / base["images_per_s"]})
+    return rows
+
+
+def bench_hardware(backbone: str, image_size: int, batch_size: int = 32) -> list[dict[str, Any]]:
+    """The machine's matmul GFLOP/s next to a training step's achieved GFLOP/s (FLOPs counted by torch)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from helpers.models import ModelConfig, build_model
+
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    reps, t0 = 10, time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b)
+    peak = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    rows = [{"measure": f"matmul {n}x{n} fp32 (the machine's limit)", "gflop_per_s": peak, "share_of_limit": 1.0}]
+    for label, frozen in (("training step, trainable backbone", False), ("training step, frozen backbone", True)):
+        model = build_model(ModelConfig(backbone, num_classes=10), freeze_backbone=frozen)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+        x, y = torch.randn(batch_size, 3, image_size, image_size), torch.randint(0, 10, (batch_size,))
+
+        def step() -> None:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops()
+        step()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        achieved = flops * 3 / (time.perf_counter() - t0) / 1e9
+        rows.append({"measure": f"{label} ({backbone}, {image_size}px, batch {batch_size})",
+                     "gflop_per_s": achieved, "share_of_limit": achieved / peak})
+    return rows
+
+
+def chapter_times(root: Path | None = None) -> list[dict[str, Any]]:
+    """Wall time of each chapter in the latest ``make book`` (written by :mod:`helpers.book`)."""
+    from helpers.book import ROOT, TIMINGS
+
+    path = (root or ROOT) / "_build" / TIMINGS
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    rows = [{"chapter": k, "seconds": v} for k, v in doc["chapters"].items()]
+    rows.append({"chapter": "all chapters", "seconds": sum(doc["chapters"].values())})
+    return rows
+
+
+def run_all(quick: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Every comparison of the performance appendix, measured in this run (``quick``: CI-sized)."""
+    from helpers import data
+
+    cfg = RunConfig(dataset="synthetic" if quick else "digits", synthetic_classes=4, synthetic_images=20)
+    root = data.prepare_dataset(cfg, progress=False)
+    return {
+        "training": bench_training(root, cfg.backbone, cfg.image_size, 1 if quick else 2),
+        "hpo": bench_hpo(cfg, 3 if quick else 8),
+        "serving": bench_serving(None, 12 if quick else 48, levels=(1, 4) if quick else (1, 4, 16),
+                                 worker_counts=(1,) if quick else (1, 2)),
+        "overhead": bench_overhead(cfg, 1, 1 if quick else 2),
+        "hardware": bench_hardware(cfg.backbone, cfg.image_size),
+        "chapters": chapter_times(),
+    }
 
 
 def _percentiles(ms: list[float]) -> dict[str, float]:
@@ -152,7 +279,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="what", required=True)
+    p.add_argument("--quick", action="store_true", help="CI-sized runs (synthetic data, fewer repetitions)")
+    sub = p.add_subparsers(dest="what")
     h = sub.add_parser("hpo", help="tuning wall time with and without the feature cache and pruning")
     h.add_argument("--trials", type=int, default=8)
     h.add_argument("--dataset", default="digits")
@@ -174,6 +302,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.what is None:  # every section
+        results = run_all(args.quick)
+        for section, rows in results.items():
+            print(f"\n== {section} ==")
+            print_table(rows) if rows else print("(no data: run `make book` first)")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"quick": args.quick, "cores": __import__("os").cpu_count(),
+                                                   **results}, indent=2, default=str))
+        return 0
     if args.what == "serving":
         rows = bench_serving(Path(args.model_dir) if args.model_dir else None, args.requests)
         print("Serving: in-process handler vs the local endpoint (loopback, bounded requests); "

@@ -37,6 +37,8 @@ BOOK = ROOT / "book"
 BOOK_DIR_ENV = "SAGEBOOK_BOOK_DIR"
 #: Copied as is to the root of the HTML output (Sphinx ``html_extra_path`` in ``_config.yml``).
 EXTRA = "_extra"
+#: Wall time of each chapter of the latest run, read by the performance appendix.
+TIMINGS = "chapter_times.json"
 ASSETS = "_assets"
 
 
@@ -196,12 +198,20 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
                 print(f"▶ {nb.stem} ...", flush=True)
                 runs.append(run_chapter(nb, per_chapter[nb], out_dir))
                 print(f"  {nb.stem} done in {runs[-1].seconds:.1f} s", flush=True)
+                _write_timings(out_dir.parent / "_build" / TIMINGS, params, runs)  # the appendix reads them
     finally:
         teardown(params)  # also when a chapter failed: an endpoint left running costs money
     for nb in all_chapters:
         if not (out_dir / nb.name).exists():
             stub_unexecuted(nb, out_dir)
     return runs, build(notebooks.parent) if do_build else None
+
+
+def _write_timings(path: Path, params: dict[str, Any], runs: list[ChapterRun]) -> None:
+    from helpers.fileio import atomic_write_json
+
+    atomic_write_json(path, {"params": {k: str(v) for k, v in params.items()}, "cores": os.cpu_count(),
+                             "chapters": {r.name: round(r.seconds, 2) for r in runs}})
 
 
 def teardown(params: dict[str, Any]) -> list[str]:

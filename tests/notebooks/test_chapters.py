@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = book.chapters(ROOT / "notebooks")
 
 
-def test_the_five_chapters_exist():
+def test_the_chapters_exist():
     assert [nb.stem for nb in CHAPTERS] == [
-        "01_data", "02_hpo", "03_debug_profile", "04_deploy", "05_lambda_autoscaling"]
+        "01_data", "02_hpo", "03_debug_profile", "04_deploy", "05_lambda_autoscaling", "06_performance"]
 
 
 @pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)

@@ -1,0 +1,51 @@
+"""The benchmark command in --quick mode, and the seed-style baseline really being the slow path."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from torchvision import datasets, transforms
+
+from helpers import bench
+
+SECTIONS = ("training", "hpo", "serving", "overhead", "hardware", "chapters")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_json_has_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "helpers.bench", "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "SAGEBOOK_WORK_DIR": str(tmp_path / "work")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["quick"] is True and set(SECTIONS) <= set(doc)
+    for section in SECTIONS[:-1]:
+        assert doc[section], section
+    train = doc["training"]
+    assert all(r["images_per_s"] > 0 and 0 <= r["valid_accuracy"] <= 1 for r in train)
+    assert train[1]["speedup"] == pytest.approx(train[1]["images_per_s"] / train[0]["images_per_s"])
+    hpo = doc["hpo"]
+    assert hpo[0]["speedup"] == pytest.approx(hpo[1]["wall_s"] / hpo[0]["wall_s"]) and hpo[1]["speedup"] == 1.0
+    serving = doc["serving"]
+    floor = serving[0]["p50_ms"]
+    assert floor > 0 and all(r["p50_vs_floor"] == pytest.approx(r["p50_ms"] / floor) for r in serving)
+    assert all(r["req_per_s"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in serving)
+    over = {r["variant"]: r for r in doc["overhead"]}
+    assert over["hook + profiler"]["overhead_pct"] == pytest.approx(
+        100 * (over["hook + profiler"]["median_epoch_s"] / over["off"]["median_epoch_s"] - 1))
+    hw = doc["hardware"]
+    assert hw[0]["gflop_per_s"] > 0 and all(r["share_of_limit"] == pytest.approx(r["gflop_per_s"] / hw[0]["gflop_per_s"])
+                                            for r in hw)
+    assert "== training ==" in proc.stdout
+
+
+def test_the_baseline_is_the_slow_path(synthetic_root):
+    r = bench.seed_style_training(synthetic_root, "resnet18", 32, epochs=1)
+    loader = r["loader"]
+    assert loader.num_workers == 0  # decoding in the main process
+    assert isinstance(loader.dataset, datasets.ImageFolder)  # files decoded on every access, nothing cached
+    steps = [type(t) for t in loader.dataset.transform.transforms]
+    assert transforms.Resize in steps and transforms.ToTensor in steps  # resized every epoch
+    assert r["images_per_s"] > 0 and 0 <= r["valid_accuracy"] <= 1
