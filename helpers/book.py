@@ -238,6 +238,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a chapter parameter (repeatable), e.g. -p image_size 128")
     p.add_argument("--only", help="comma-separated chapter numbers to run, e.g. 01,02")
     p.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the parameters and print what would run, without running anything")
     return p
 
 
@@ -250,6 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     only = [c.strip().zfill(2) for c in args.only.split(",") if c.strip()] if args.only else None
+    if args.dry_run:
+        try:
+            selected = [nb for nb in chapters() if not only or nb.name[:2] in only]
+            for nb, p in check_parameters(params, selected).items():
+                print(f"would run {nb.stem} with {p or 'its defaults'}")
+        except (BookError, ConfigError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         runs, index = run(params, only, do_build=not args.no_build)
     except (BookError, ConfigError) as e:
