@@ -25,7 +25,9 @@ def test_quick_benchmark_json_has_every_section(tmp_path):
         assert doc[section], section
     train = doc["training"]
     assert all(r["images_per_s"] > 0 and 0 <= r["valid_accuracy"] <= 1 for r in train)
+    assert len(train) == 4 and train[0]["speedup"] == train[2]["speedup"] == 1.0
     assert train[1]["speedup"] == pytest.approx(train[1]["images_per_s"] / train[0]["images_per_s"])
+    assert train[3]["speedup"] == pytest.approx(train[3]["images_per_s"] / train[2]["images_per_s"])
     hpo = doc["hpo"]
     assert hpo[0]["speedup"] == pytest.approx(hpo[1]["wall_s"] / hpo[0]["wall_s"]) and hpo[1]["speedup"] == 1.0
     serving = doc["serving"]

@@ -236,3 +236,14 @@ def test_model_tarball_has_the_sagemaker_layout(paths, tmp_path):
         names = set(t.getnames())
     assert {"model.pth", "model_config.json", "code/inference.py", "code/requirements.txt",
             "code/helpers/models.py", "code/helpers/presets.py"} <= names
+
+
+def test_images_go_channels_last_and_features_stay_as_they_are():
+    import torch
+
+    x, y = train._to_device((torch.randn(2, 3, 8, 8), torch.tensor([0, 1])), torch.device("cpu"), True)
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    f, _ = train._to_device((torch.randn(2, 16), torch.tensor([0, 1])), torch.device("cpu"), True)
+    assert f.dim() == 2 and f.is_contiguous()
+    plain, _ = train._to_device((torch.randn(2, 3, 8, 8), y), torch.device("cpu"), False)
+    assert plain.is_contiguous()
