@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import progress
-from helpers.config import ConfigError, RunConfig
+from helpers.config import ConfigError, RunConfig, temporary_environ
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +114,6 @@ def _failed_cell(nb_path: Path) -> str:
     return "an unknown cell"
 
 
-@contextlib.contextmanager
-def _environ(**values: str):
-    """Set environment variables (inherited by the kernels) for the duration of the block."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_chapter(nb: Path, params: dict[str, Any], out_dir: Path = BOOK) -> ChapterRun:
     """Execute one chapter into ``out_dir``; :class:`BookError` names the chapter and cell on failure."""
     import papermill
@@ -193,7 +177,8 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     try:
-        with _environ(**{progress.ENV: "0", BOOK_DIR_ENV: str(out_dir.resolve())}):  # results, not bar redraws
+        # kernels inherit: no progress-bar redraws in the book, and where chapters publish files
+        with temporary_environ(**{progress.ENV: "0", BOOK_DIR_ENV: str(out_dir.resolve())}):
             for nb in selected:
                 print(f"▶ {nb.stem} ...", flush=True)
                 runs.append(run_chapter(nb, per_chapter[nb], out_dir))

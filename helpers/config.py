@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,6 +41,25 @@ WORK_DIR_ENV = "SAGEBOOK_WORK_DIR"
 
 class ConfigError(ValueError):
     """A run parameter is invalid; the message says which and lists the valid choices."""
+
+
+@contextlib.contextmanager
+def temporary_environ(**values: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) environment variables for the duration of the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def project_root() -> Path | None:

@@ -16,7 +16,9 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from helpers.config import temporary_environ
 
 HANDLER_FILE = Path(__file__).with_name("lambda_function.py")
 RUNTIME = "python3.12"
@@ -113,21 +115,27 @@ def deploy_function(spec: FunctionSpec, *, iam: Any, lam: Any) -> dict[str, Any]
     return result
 
 
-def delete_function(name: str, *, iam: Any, lam: Any) -> list[str]:
-    """Delete the function and its role; what is already gone is skipped."""
+def _delete_each(steps: list[tuple[str, Callable[[], Any]]]) -> list[str]:
+    """Run each named deletion; what is already gone (a ClientError) is skipped. Returns what was deleted."""
     from botocore.exceptions import ClientError
 
     done = []
-    for what, call in (("function", lambda: lam.delete_function(FunctionName=name)),
-                       ("role policy", lambda: iam.delete_role_policy(RoleName=f"{name}-role",
-                                                                       PolicyName="invoke-endpoint")),
-                       ("role", lambda: iam.delete_role(RoleName=f"{name}-role"))):
+    for what, call in steps:
         try:
             call()
             done.append(what)
         except ClientError:
             pass
     return done
+
+
+def delete_function(name: str, *, iam: Any, lam: Any) -> list[str]:
+    """Delete the function and its role; what is already gone is skipped."""
+    return _delete_each([
+        ("function", lambda: lam.delete_function(FunctionName=name)),
+        ("role policy", lambda: iam.delete_role_policy(RoleName=f"{name}-role", PolicyName="invoke-endpoint")),
+        ("role", lambda: iam.delete_role(RoleName=f"{name}-role")),
+    ])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,21 +182,13 @@ def enable_autoscaling(client: Any, endpoint: str, policy: ScalingPolicy) -> dic
 
 def disable_autoscaling(client: Any, endpoint: str, policy_name: str = ScalingPolicy.name) -> list[str]:
     """Remove the scaling policy and the scalable target (before deleting the endpoint)."""
-    from botocore.exceptions import ClientError
-
-    rid, done = resource_id(endpoint), []
-    for what, call in (
+    rid = resource_id(endpoint)
+    return _delete_each([
         ("scaling policy", lambda: client.delete_scaling_policy(PolicyName=policy_name, ServiceNamespace="sagemaker",
                                                                 ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)),
         ("scalable target", lambda: client.deregister_scalable_target(ServiceNamespace="sagemaker", ResourceId=rid,
                                                                       ScalableDimension=SCALABLE_DIMENSION)),
-    ):
-        try:
-            call()
-            done.append(what)
-        except ClientError:
-            pass
-    return done
+    ])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,22 +217,12 @@ def local_function(endpoint_name: str, endpoint_url: str, allow_origin: str = ""
     """``lambda_function`` configured as it would be in AWS, pointed at a local endpoint."""
     from helpers import lambda_function
 
-    keys = {"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url, "ALLOW_ORIGIN": allow_origin,
-            "AWS_REGION": os.environ.get("AWS_REGION") or "us-east-1",  # the Lambda runtime sets both
-            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: v for k, v in keys.items() if v})
-    if not allow_origin:
-        os.environ.pop("ALLOW_ORIGIN", None)
-    importlib.reload(lambda_function)  # a fresh module: a new container, with its own client
-    try:
+    env = {"ENDPOINT_NAME": endpoint_name, "SAGEMAKER_RUNTIME_URL": endpoint_url, "ALLOW_ORIGIN": allow_origin or None,
+           "AWS_REGION": os.environ.get("AWS_REGION") or "us-east-1",  # the Lambda runtime sets both
+           "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    with temporary_environ(**env):
+        importlib.reload(lambda_function)  # a fresh module: a new container, with its own client
         yield lambda_function
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def api_gateway_event(image: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:

@@ -43,3 +43,11 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path
 @pytest.fixture(scope="session")
 def test_image(synthetic_root: Path) -> bytes:
     return sorted((synthetic_root / "test" / "002.Afghan_hound").iterdir())[0].read_bytes()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and region for moto: no test can reach a real account."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)

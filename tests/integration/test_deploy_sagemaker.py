@@ -4,29 +4,18 @@ import tarfile
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from helpers import deploy, sagemaker_jobs
 from helpers.config import SAGEMAKER_FRAMEWORK_VERSION, RunConfig
 
+from .conftest import ROLE
+
 pytestmark = pytest.mark.aws
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
 @pytest.fixture
-def aws(monkeypatch, tmp_path):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="sagebook-test")
-        cfg = RunConfig(backend="sagemaker", s3_prefix="s3://sagebook-test/run", region="us-east-1",
-                        work_dir=str(tmp_path))
-        sess = sagemaker_jobs.session(cfg)
-        sent = []
-        sess.sagemaker_client.meta.events.register(
-            "before-parameter-build.sagemaker", lambda params, model, **kw: sent.append((model.name, dict(params))))
-        yield cfg, sess, sent
+def aws(sagemaker_env):
+    yield sagemaker_env
 
 
 def test_deploy_and_teardown(aws, trained_model, tmp_path):

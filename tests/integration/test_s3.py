@@ -9,10 +9,7 @@ pytestmark = pytest.mark.aws
 
 
 @pytest.fixture
-def client(monkeypatch):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
+def client(aws_credentials):
     with mock_aws():
         c = boto3.client("s3", region_name="us-east-1")
         c.create_bucket(Bucket="sagebook-test")

@@ -4,33 +4,26 @@ import json
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from helpers import hpo, sagemaker_jobs
 from helpers.config import SAGEMAKER_FRAMEWORK_VERSION, RunConfig
 from helpers.metrics import METRIC_REGEXES
 
+from .conftest import ROLE
+
 pytestmark = pytest.mark.aws
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
 @pytest.fixture
-def aws(monkeypatch, tmp_path):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="sagebook-test")
-        cfg = RunConfig(backend="sagemaker", s3_prefix="s3://sagebook-test/run", region="us-east-1",
-                        work_dir=str(tmp_path))
-        sess = sagemaker_jobs.session(cfg)
-        sent = {}
+def aws(sagemaker_env):
+    """The session's requests by operation name (the last of each)."""
+    cfg, sess, sent = sagemaker_env
 
-        def capture(params, model, **kwargs):  # the request exactly as botocore sends it to (moto's) SageMaker
-            sent[model.name] = params
+    class Last(dict):
+        def __getitem__(self, name):
+            return [p for n, p in sent if n == name][-1]
 
-        sess.sagemaker_client.meta.events.register("before-parameter-build.sagemaker", capture)
-        yield cfg, sess, sent
+    yield cfg, sess, Last()
 
 
 DATA = {"s3_uri": "s3://sagebook-test/run/data/digits",

@@ -27,10 +27,7 @@ def test_handler_calls_the_local_endpoint_through_boto3(trained_model, test_imag
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
+def aws(aws_credentials):
     with mock_aws():
         yield
 

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,13 @@ def test_image_size_zero_picks_a_size_for_the_dataset(tmp_path):
     assert RunConfig(dataset=str(tmp_path), image_size=160).image_size == 160
     with pytest.raises(ConfigError, match="image_size"):
         RunConfig(image_size=8)
+
+
+def test_temporary_environ_sets_unsets_and_restores(monkeypatch):
+    from helpers.config import temporary_environ
+
+    monkeypatch.setenv("SAGEBOOK_A", "old")
+    monkeypatch.delenv("SAGEBOOK_B", raising=False)
+    with temporary_environ(SAGEBOOK_A=None, SAGEBOOK_B="new"):
+        assert "SAGEBOOK_A" not in os.environ and os.environ["SAGEBOOK_B"] == "new"
+    assert os.environ["SAGEBOOK_A"] == "old" and "SAGEBOOK_B" not in os.environ
