@@ -41,9 +41,20 @@ class Instrumentation:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def quiet_smdebug(level: int = logging.WARNING) -> None:
+    """smdebug logs every rule start, trial refresh and hook setting at INFO; keep chapters readable."""
+    os.environ.setdefault("SMDEBUG_LOG_LEVEL", logging.getLevelName(level).lower())  # read at smdebug's import
+    import smdebug  # noqa: F401 - creates its loggers
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("smdebug"):
+            logging.getLogger(name).setLevel(level)
+
+
 def make_hook(out_dir: Path, module: Any, criterion: Any, inst: Instrumentation, frozen_body: bool,
               env: dict[str, str] | os._Environ = os.environ) -> Any:
     """An smdebug hook registered on ``module`` and ``criterion`` (TRAIN and EVAL modes)."""
+    quiet_smdebug()
     import smdebug.pytorch as smd
 
     config = env.get("SMDEBUG_HOOK_CONFIG", HOOK_CONFIG)

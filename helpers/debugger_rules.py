@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from helpers.debugger import quiet_smdebug
+
 log = logging.getLogger(__name__)
 
 LOSS_REGEX = r"[Ll]oss_(?!input).*output"
@@ -32,18 +34,6 @@ class RuleConfigError(ValueError):
 
 class TrialError(ValueError):
     """The trial folder holds no usable steps."""
-
-
-def quiet_smdebug(level: int = logging.WARNING) -> None:
-    """smdebug logs every rule start and trial refresh at INFO; keep chapters readable."""
-    import os
-
-    os.environ.setdefault("SMDEBUG_LOG_LEVEL", logging.getLevelName(level).lower())  # read at smdebug's import
-    import smdebug  # noqa: F401 - creates its loggers
-
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("smdebug"):
-            logging.getLogger(name).setLevel(level)
 
 
 def _rule_base():
