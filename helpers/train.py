@@ -561,8 +561,27 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     criterion = nn.CrossEntropyLoss()
     with _instruments(instruments, paths.output_dir, trained, criterion, cfg, device, loader_workers,
                       dinfo) as (hook, timer, prof):
-        return _train(cfg, paths, dinfo, model, trained, net, criterion, optimizer, scaler, loaders, classes, mcfg,
-                      state, ckpt_path, device, started, on_epoch, emit, write_artifacts, hook, timer, prof)
+        run = _Run(model, trained, net, criterion, optimizer, scaler, loaders, classes, mcfg, device, hook, timer, prof)
+        return _train(cfg, paths, dinfo, run, state, ckpt_path, started, on_epoch, emit, write_artifacts)
+
+
+@dataclass
+class _Run:
+    """What :func:`fit` built for the epochs: the model and its parts, the optimisation, data and instruments."""
+
+    model: TransferModel
+    trained: nn.Module  # the part that learns: the head on cached features, else the whole model
+    net: nn.Module  # ``trained``, wrapped in DDP when distributed
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loaders: dict[str, DataLoader]
+    classes: list[str]
+    mcfg: ModelConfig
+    device: torch.device
+    hook: Any
+    timer: Any
+    prof: Any
 
 
 @contextlib.contextmanager
@@ -607,19 +626,20 @@ def _instruments(inst: Instrumentation, output_dir: Path, trained: nn.Module, cr
             hook.close()
 
 
-def _train(cfg, paths, dinfo, model, trained, net, criterion, optimizer, scaler, loaders, classes, mcfg, state,
-           ckpt_path, device, started, on_epoch, emit, write_artifacts, hook, timer, prof) -> FitResult:
+def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: "_Run", state: dict[str, Any] | None,
+           ckpt_path: Path | None, started: float, on_epoch: Callable[[int, dict[str, Any]], None] | None,
+           emit: Callable[[str], None], write_artifacts: bool) -> FitResult:
     """The epochs, early stopping, checkpoints, the final evaluation and the artifact (see :func:`fit`)."""
     cl = cfg.channels_last and not cfg.uses_feature_cache
-    result = FitResult(class_names=classes)
+    result = FitResult(class_names=run.classes)
     best_loss, bad_epochs = math.inf, 0
-    best_state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+    best_state = {k: v.detach().clone() for k, v in run.trained.state_dict().items()}
     start_epoch = 1
     if state is not None:
-        trained.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        run.trained.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+            run.scaler.load_state_dict(state["scaler"])
         best_state, best_loss = state["best_state"], state["best_loss"]
         bad_epochs, result.history = state["bad_epochs"], state["history"]
         result.best_epoch = state["best_epoch"]
@@ -633,19 +653,20 @@ def _train(cfg, paths, dinfo, model, trained, net, criterion, optimizer, scaler,
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed + epoch)  # augmentation randomness depends only on (seed, epoch)
-        loaders["train"].sampler.set_epoch(epoch)
-        if timer is not None:
-            timer.start_epoch(epoch)
-        tr = _reduce_train(train_one_epoch(net, criterion, optimizer, loaders["train"], device, scaler,
-                                           desc=f"epoch {epoch}", hook=hook, timer=timer, prof=prof,
-                                           channels_last=cl), device, dinfo)
-        va = evaluate(trained, criterion, loaders["valid"], device, len(classes), dinfo, hook=hook, channels_last=cl)
+        run.loaders["train"].sampler.set_epoch(epoch)
+        if run.timer is not None:
+            run.timer.start_epoch(epoch)
+        tr = _reduce_train(train_one_epoch(run.net, run.criterion, run.optimizer, run.loaders["train"], run.device,
+                                           run.scaler, desc=f"epoch {epoch}", hook=run.hook, timer=run.timer,
+                                           prof=run.prof, channels_last=cl), run.device, dinfo)
+        va = evaluate(run.trained, run.criterion, run.loaders["valid"], run.device, len(run.classes), dinfo,
+                      hook=run.hook, channels_last=cl)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "valid_loss": va["loss"],
                "valid_accuracy": va["accuracy"], "seconds": time.perf_counter() - t0}
         result.history.append(row)
         if va["loss"] < best_loss:
             best_loss, bad_epochs, result.best_epoch = va["loss"], 0, epoch
-            best_state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in run.trained.state_dict().items()}
         else:
             bad_epochs += 1
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience and epoch < cfg.epochs
@@ -654,8 +675,8 @@ def _train(cfg, paths, dinfo, model, trained, net, criterion, optimizer, scaler,
             emit(format_metrics("valid", epoch, loss=va["loss"], accuracy=va["accuracy"]))
             if ckpt_path is not None:
                 save_checkpoint(ckpt_path, {
-                    "epoch": epoch, "model": trained.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "best_state": best_state,
+                    "epoch": epoch, "model": run.trained.state_dict(), "optimizer": run.optimizer.state_dict(),
+                    "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {}, "best_state": best_state,
                     "best_loss": best_loss, "best_epoch": result.best_epoch, "bad_epochs": bad_epochs,
                     "history": result.history, "hyperparameters": _resume_identity(cfg), "stopped_early": stop,
                 })
@@ -670,11 +691,13 @@ def _train(cfg, paths, dinfo, model, trained, net, criterion, optimizer, scaler,
                 emit(f"early stopping after epoch {epoch}: validation loss did not improve for {cfg.patience} epochs")
             break
 
-    trained.load_state_dict(best_state)
-    va = evaluate(trained, criterion, loaders["valid"], device, len(classes), dinfo, channels_last=cl)
+    run.trained.load_state_dict(best_state)
+    va = evaluate(run.trained, run.criterion, run.loaders["valid"], run.device, len(run.classes), dinfo,
+                  channels_last=cl)
     result.best_valid = va
-    if "test" in loaders:
-        result.test = evaluate(trained, criterion, loaders["test"], device, len(classes), dinfo, channels_last=cl)
+    if "test" in run.loaders:
+        result.test = evaluate(run.trained, run.criterion, run.loaders["test"], run.device, len(run.classes), dinfo,
+                               channels_last=cl)
     if dinfo.is_main:
         # The last valid line is the model that is kept: the value SageMaker's tuner and the local tuner read.
         emit(format_metrics("valid", "best", loss=va["loss"], accuracy=va["accuracy"]))
@@ -682,10 +705,10 @@ def _train(cfg, paths, dinfo, model, trained, net, criterion, optimizer, scaler,
             emit(format_metrics("test", "final", loss=result.test["loss"], accuracy=result.test["accuracy"]))
     result.seconds = time.perf_counter() - started
     if dinfo.is_main and write_artifacts:
-        save_model(model.cpu(), mcfg, paths.model_dir)
+        save_model(run.model.cpu(), run.mcfg, paths.model_dir)
         write_code_slot(paths.model_dir)
         atomic_write_json(paths.output_dir / "metrics.json", {
-            "class_names": classes, "history": result.history, "best_epoch": result.best_epoch,
+            "class_names": run.classes, "history": result.history, "best_epoch": result.best_epoch,
             "valid": va, "test": result.test, "stopped_early": result.stopped_early,
             "resumed_from": result.resumed_from, "hyperparameters": cfg.to_dict(), "seconds": result.seconds,
         })
