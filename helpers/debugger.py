@@ -9,6 +9,7 @@ so the platform's own rules see the tensors. The rules that analyse a trial are 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -51,6 +52,22 @@ def quiet_smdebug(level: int = logging.WARNING) -> None:
             logging.getLogger(name).setLevel(level)
 
 
+@functools.lru_cache(maxsize=1)
+def hook_class() -> type:
+    """smdebug's PyTorch hook, saving bfloat16 tensors (CPU autocast) as float32: smdebug 1.0.34 cannot convert them."""
+    import smdebug.pytorch as smd
+    import torch
+
+    class Hook(smd.Hook):
+        @staticmethod
+        def _make_numpy_array(tensor_value: Any) -> Any:
+            if isinstance(tensor_value, torch.Tensor) and tensor_value.dtype == torch.bfloat16:
+                tensor_value = tensor_value.float()
+            return smd.Hook._make_numpy_array(tensor_value)
+
+    return Hook
+
+
 def make_hook(out_dir: Path, module: Any, criterion: Any, inst: Instrumentation, frozen_body: bool,
               env: dict[str, str] | os._Environ = os.environ) -> Any:
     """An smdebug hook registered on ``module`` and ``criterion`` (TRAIN and EVAL modes)."""
@@ -60,13 +77,13 @@ def make_hook(out_dir: Path, module: Any, criterion: Any, inst: Instrumentation,
     config = env.get("SMDEBUG_HOOK_CONFIG", HOOK_CONFIG)
     if Path(config).is_file():
         log.info("Debugger hook from SageMaker's configuration %s", config)
-        hook = smd.Hook.create_from_json_file(config)
+        hook = hook_class().create_from_json_file(config)
     else:
         save = smd.SaveConfig(mode_save_configs={
             smd.modes.TRAIN: smd.SaveConfigMode(save_interval=inst.train_save_interval),
             smd.modes.EVAL: smd.SaveConfigMode(save_interval=inst.eval_save_interval),
         })
-        hook = smd.Hook(out_dir=str(out_dir), save_config=save, include_collections=list(COLLECTIONS))
+        hook = hook_class()(out_dir=str(out_dir), save_config=save, include_collections=list(COLLECTIONS))
         hook.get_collection("relu_input").include(".*relu_input")
         # Activations and gradients as summary statistics (a few numbers per tensor), not whole tensors:
         # what the rules need, at a tiny fraction of the disk and time. Weights stay whole (distributions).

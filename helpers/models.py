@@ -175,13 +175,11 @@ def build_model(cfg: ModelConfig, weights: str = "none", freeze_backbone: bool =
 
 def save_model(model: TransferModel, cfg: ModelConfig, model_dir: str | os.PathLike[str]) -> Path:
     """Write ``model.pth`` (state_dict) and ``model_config.json`` into ``model_dir``."""
-    from helpers.fileio import atomic_write_json
+    from helpers.fileio import atomic_write, atomic_write_json
 
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".{MODEL_FILE}.tmp"
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, model_dir / MODEL_FILE)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write(model_dir / MODEL_FILE, lambda f: torch.save(state, f))
     atomic_write_json(model_dir / CONFIG_FILE, cfg.to_dict())
     return model_dir
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,12 +41,20 @@ def _to_rgb(img):
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def decode_transform(p: Preprocessing) -> T.Compose:
+    """The deterministic, cacheable half of :func:`eval_transform`: RGB, resize, centre crop, uint8 tensor."""
+    return T.Compose([T.Lambda(_to_rgb), T.Resize(p.resize_size, antialias=True), T.CenterCrop(p.image_size),
+                      T.PILToTensor()])
+
+
+def normalize_transform(p: Preprocessing) -> T.Compose:
+    """The other half: uint8 to float in [0, 1], then normalize; works on one image or a batch."""
+    return T.Compose([T.ConvertImageDtype(torch.float32), T.Normalize(p.mean, p.std)])
+
+
 def eval_transform(p: Preprocessing) -> T.Compose:
     """Deterministic: RGB, resize, centre crop, tensor, normalize. Used for valid/test and serving."""
-    return T.Compose([
-        T.Lambda(_to_rgb), T.Resize(p.resize_size, antialias=True), T.CenterCrop(p.image_size),
-        T.ToTensor(), T.Normalize(p.mean, p.std),
-    ])
+    return T.Compose([*decode_transform(p).transforms, *normalize_transform(p).transforms])
 
 
 def train_transform(p: Preprocessing, augment: bool) -> T.Compose:
@@ -54,5 +63,5 @@ def train_transform(p: Preprocessing, augment: bool) -> T.Compose:
         return eval_transform(p)
     return T.Compose([
         T.Lambda(_to_rgb), T.RandomResizedCrop(p.image_size, scale=(0.5, 1.0), antialias=True),
-        T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(p.mean, p.std),
+        T.RandomHorizontalFlip(), T.PILToTensor(), *normalize_transform(p).transforms,
     ])

@@ -155,6 +155,9 @@ def _dataloader(p: Profile, k: dict[str, Any]) -> tuple[int, int, str]:
     if p.meta.get("feature_cache"):
         return 0, 1, (f"training read cached backbone features (no image decoding), so {workers} loader "
                       "workers is by design")
+    if p.meta.get("image_cache"):
+        return 0, 1, (f"training read images decoded once into memory (no decoding per epoch), so {workers} loader "
+                      "workers is by design")
     low, high = cores * k["min_threshold"] / 100, cores * k["max_threshold"] / 100
     fired = int(workers < low or workers > high)
     return fired, 1, f"the data loader used {workers} worker process(es) on {cores} core(s) (expected {low:g} to {high:g})"
@@ -307,7 +310,9 @@ def insights(p: Profile, results: list[ProfilerRuleResult]) -> list[str]:
     workers, cores = p.meta.get("workers"), p.cores
     if workers is not None:
         out.append(f"The data loader used {workers} worker process(es) on {cores} core(s)"
-                   + (" (cached features: no images were decoded)." if p.meta.get("feature_cache") else "."))
+                   + (" (cached features: no images were decoded)." if p.meta.get("feature_cache") else
+                      " (images decoded once into memory: nothing left to decode per epoch)."
+                      if p.meta.get("image_cache") else "."))
     if p.system:
         cpu = [float(np.mean(s["cpu"])) for s in p.system]
         out.append(f"CPU use averaged {statistics.fmean(cpu):.0f}% over {len(cpu)} samples "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -35,11 +36,11 @@ from torch.utils.data.dataloader import default_collate
 from helpers import debugger
 from helpers.config import BACKBONES
 from helpers.debugger import Instrumentation
-from helpers.fileio import atomic_write_json
+from helpers.fileio import atomic_write, atomic_write_json
 from helpers.layout import find_split_dir, is_image
 from helpers.metrics import format_metrics
 from helpers.models import HEADS, ModelConfig, TransferModel, build_body, make_head, save_model
-from helpers.presets import Preprocessing, eval_transform, train_transform
+from helpers.presets import Preprocessing, decode_transform, eval_transform, normalize_transform, train_transform
 from helpers.progress import bar
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class TrainConfig:
     feature_cache: str = ""
     use_feature_cache: bool = True
     channels_last: bool = True
+    cache_images: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -107,6 +109,11 @@ class TrainConfig:
     def uses_feature_cache(self) -> bool:
         """Frozen backbone + deterministic transform: the backbone's features can be computed once."""
         return self.use_feature_cache and self.freeze_backbone and not self.augment
+
+    @property
+    def uses_image_cache(self) -> bool:
+        """Images run through the model and the transform is deterministic: decode and resize them once."""
+        return self.cache_images and not self.augment and not self.uses_feature_cache
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +197,25 @@ def default_workers(local_world_size: int = 1) -> int:
     return 0 if per_rank <= 1 else min(8, per_rank)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16, AMX, Arm BF16): only then does bf16 pay off."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """Mixed precision where it helps: float16 (with a gradient scaler) on CUDA, bfloat16 on a CPU that has it."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+
+
 def pick_device(env: Mapping[str, str], local_rank: int = 0) -> torch.device:
     if torch.cuda.is_available() and env.get("SM_NUM_GPUS", "1") != "0":
         return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -247,26 +273,82 @@ class ImageSamples(Dataset):
             return None
 
 
+def few_workers(workers: int, n_images: int) -> int:
+    """No workers for a one-pass job of a few batches: starting them costs more than they save."""
+    return workers if n_images > 256 else 0
+
+
 def collate_skip(batch: list) -> Any:
     batch = [b for b in batch if b is not None]
     return default_collate(batch) if batch else None
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, dinfo: DistInfo, workers: int,
-                pin: bool) -> DataLoader:
+                pin: bool, collate: Callable = collate_skip) -> DataLoader:
     """A loader whose order depends only on (seed, epoch): call ``loader.sampler.set_epoch(epoch)``."""
     sampler = DistributedSampler(ds, num_replicas=dinfo.world_size, rank=dinfo.rank, shuffle=shuffle, seed=seed,
                                  drop_last=False)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
-                      collate_fn=collate_skip, persistent_workers=workers > 0)
+                      collate_fn=collate, persistent_workers=workers > 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoded-image cache (deterministic transforms)
+
+
+class NormalizeBatch:
+    """Collate cached uint8 images into a batch and normalize the whole batch at once."""
+
+    def __init__(self, prep: Preprocessing) -> None:
+        self.normalize = normalize_transform(prep)
+
+    def __call__(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = default_collate(batch)
+        return self.normalize(x), y
+
+
+def decode_splits(splits: Mapping[str, list[tuple[str, int]]], prep: Preprocessing, workers: int,
+                  budget_bytes: int | None = None, processes: int = 1) -> dict[str, TensorDataset] | None:
+    """Every image of every split decoded, resized and cropped once, kept as uint8 in memory.
+
+    Returns None (the caller then decodes every epoch) when the images would take more than
+    ``budget_bytes``; by default, half of the memory available now, shared by the ``processes``
+    (local DDP ranks) that each hold a copy.
+    """
+    if budget_bytes is None:
+        import psutil
+
+        budget_bytes = psutil.virtual_memory().available // (2 * max(1, processes))
+    need = sum(len(smp) for smp in splits.values()) * 3 * prep.image_size * prep.image_size
+    if need > budget_bytes:
+        log.warning("not caching the decoded images: %.1f GB would exceed the budget of %.1f GB; "
+                    "decoding every epoch instead", need / 1e9, budget_bytes / 1e9)
+        return None
+    out = {}
+    t0 = time.perf_counter()
+    for split, smp in splits.items():
+        loader = DataLoader(ImageSamples(smp, decode_transform(prep)), batch_size=64,
+                            num_workers=few_workers(workers, len(smp)), collate_fn=collate_skip)
+        xs, ys = [], []
+        for batch in bar(loader, desc=f"decode {split}", unit="batch", progress=sys.stderr.isatty()):
+            if batch is not None:
+                xs.append(batch[0])
+                ys.append(batch[1])
+        if not xs:
+            raise TrainingError(f"no readable image in the {split} split")
+        out[split] = TensorDataset(torch.cat(xs), torch.cat(ys))
+    log.info("decoded %d images once (%.0f MB of uint8 pixels) in %.1f s", sum(len(d) for d in out.values()),
+             sum(d.tensors[0].numel() for d in out.values()) / 1e6, time.perf_counter() - t0)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Frozen-backbone feature cache
 
 
-def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preprocessing) -> str:
-    """Identifies (files, backbone, weights, preprocessing): any change gives a new cache entry."""
+def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preprocessing,
+                precision: torch.dtype | None = None) -> str:
+    """Identifies (files, backbone, weights, preprocessing, precision): any change gives a new cache entry."""
     h = hashlib.sha256()
     weights = cfg.weights
     if weights not in ("DEFAULT", "none"):
@@ -274,7 +356,7 @@ def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preproce
         weights = f"{Path(weights).resolve()}:{st.st_size}:{st.st_mtime_ns}"
     elif weights == "none":
         weights = f"random-seed{cfg.seed}"
-    h.update(json.dumps([cfg.backbone, weights, prep.to_dict(), torch.__version__]).encode())
+    h.update(json.dumps([cfg.backbone, weights, prep.to_dict(), torch.__version__, str(precision)]).encode())
     for path, label in samples:
         st = os.stat(path)
         h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -283,8 +365,9 @@ def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preproce
 
 @torch.no_grad()
 def extract_features(body: nn.Module, ds: Dataset, device: torch.device, batch_size: int, workers: int,
-                     desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen body once over a dataset: (features, labels) on the CPU."""
+                     desc: str, *, amp_dtype: torch.dtype | None = None,
+                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen body once over a dataset: (features, labels) on the CPU, in float32."""
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip,
                         pin_memory=device.type == "cuda")
     feats, labels = [], []
@@ -292,9 +375,9 @@ def extract_features(body: nn.Module, ds: Dataset, device: torch.device, batch_s
     for batch in bar(loader, desc=desc, unit="batch", progress=sys.stderr.isatty()):
         if batch is None:
             continue
-        x, y = batch
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            f = body(x.to(device, non_blocking=True))
+        x, y = _to_device(batch, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            f = body(x)
         feats.append(f.float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
@@ -305,8 +388,10 @@ def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]],
                     write: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of one split from the on-disk cache, or computed (and stored when ``write``)."""
     path = None
+    amp_dtype = autocast_dtype(device, cfg.amp)
     if cache_dir is not None:
-        path = cache_dir / f"{cfg.backbone}-{prep.image_size}-{split}-{feature_key(samples, cfg, prep)}.pt"
+        key = feature_key(samples, cfg, prep, amp_dtype)
+        path = cache_dir / f"{cfg.backbone}-{prep.image_size}-{split}-{key}.pt"
         if path.is_file():
             try:
                 blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -316,14 +401,12 @@ def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]],
                 log.warning("ignoring damaged feature cache %s: %s", path, e)
     t0 = time.perf_counter()
     x, y = extract_features(body, ImageSamples(samples, eval_transform(prep)), device, max(64, cfg.batch_size),
-                            workers, f"features {split}")
+                            few_workers(workers, len(samples)), f"features {split}", amp_dtype=amp_dtype,
+                            channels_last=cfg.channels_last)
     log.info("computed %s features of %d %s images in %.1f s", tuple(x.shape[1:]), len(y), split,
              time.perf_counter() - t0)
     if path is not None and write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"features": x, "labels": y}, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save({"features": x, "labels": y}, f))
     return x, y
 
 
@@ -333,17 +416,18 @@ def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]],
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                     device: torch.device, scaler: torch.amp.GradScaler | None = None, desc: str = "train", *,
-                    hook: Any = None, timer: Any = None, prof: Any = None,
-                    channels_last: bool = False) -> dict[str, float]:
+                    hook: Any = None, timer: Any = None, prof: Any = None, channels_last: bool = False,
+                    amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss and accuracy over the samples this rank saw.
 
     ``hook`` (smdebug), ``timer`` (:class:`helpers.profiler.StepTimer`) and ``prof`` (torch.profiler)
-    are optional instruments; without them this is the plain loop.
+    are optional instruments; without them this is the plain loop. ``amp_dtype`` runs the forward pass
+    under autocast (see :func:`autocast_dtype`); ``scaler`` scales float16 losses.
     """
     model.train()
     debugger.train_mode(hook)
     loss_sum, correct, n = 0.0, 0, 0
-    use_amp = scaler is not None and scaler.is_enabled()
+    use_scaler = scaler is not None and scaler.is_enabled()
     for batch in bar(loader, desc=desc, unit="batch", leave=False, progress=sys.stderr.isatty()):
         if batch is None:
             continue
@@ -351,11 +435,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             timer.batch_ready()
         x, y = _to_device(batch, device, channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
             loss = criterion(out, y)
         debugger.save_batch(hook, y, out)
-        if use_amp:
+        if use_scaler:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -374,7 +458,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
-             dinfo: DistInfo = DistInfo(), hook: Any = None, channels_last: bool = False) -> dict[str, Any]:
+             dinfo: DistInfo = DistInfo(), hook: Any = None, channels_last: bool = False,
+             amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Loss, accuracy and per-class accuracy (summed over ranks under DDP)."""
     model.eval()
     debugger.eval_mode(hook)
@@ -384,7 +469,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
         if batch is None:
             continue
         x, y = _to_device(batch, device, channels_last)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
         stats[0] += criterion(out.float(), y).item() * len(y)  # through the criterion: the hook sees EVAL losses
         stats[1] += len(y)
@@ -427,10 +512,7 @@ def _reduce_train(stats: dict[str, float], device: torch.device, dinfo: DistInfo
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic: a kill during the write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig, restart: bool) -> dict[str, Any] | None:
@@ -456,7 +538,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig, restart: bool) -> dict[str, An
 def _resume_identity(cfg: TrainConfig) -> dict[str, Any]:
     """The hyperparameters that must match for a checkpoint to be resumable (not paths or workers)."""
     d = cfg.to_dict()
-    for k in ("num_workers", "feature_cache", "use_feature_cache", "amp", "channels_last"):
+    for k in ("num_workers", "feature_cache", "use_feature_cache", "amp", "channels_last", "cache_images"):
         d.pop(k)
     return d
 
@@ -525,31 +607,34 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     torch.manual_seed(cfg.seed + 1)
     head = make_head(n_features, len(classes), cfg.head, cfg.hidden, cfg.dropout)
     model = TransferModel(body, head, freeze_backbone=cfg.freeze_backbone).to(device)
-    images_cl = cfg.channels_last and not cfg.uses_feature_cache  # convolutions run on images, not features
-    if images_cl:
+    if cfg.channels_last:  # faster convolutions (the frozen body's too, computing the cached features)
         model = model.to(memory_format=torch.channels_last)
+    amp_dtype = autocast_dtype(device, cfg.amp)  # the head on cached features too: the same numbers either way
     if dinfo.is_main:
-        log.info("%s (%s weights, %s backbone) -> %d classes on %s, %d loader workers, feature cache %s",
-                 cfg.backbone, cfg.weights, "frozen" if cfg.freeze_backbone else "trainable", len(classes), device,
-                 workers, "on" if cfg.uses_feature_cache else "off")
+        log.info("%s (%s weights, %s backbone) -> %d classes on %s, %d loader workers, feature cache %s, "
+                 "autocast %s", cfg.backbone, cfg.weights, "frozen" if cfg.freeze_backbone else "trainable",
+                 len(classes), device, workers, "on" if cfg.uses_feature_cache else "off",
+                 str(amp_dtype).removeprefix("torch.") if amp_dtype else "off")
 
+    splits = {"train": train_samples, "valid": valid_samples, **({"test": test_samples} if test_samples else {})}
     if cfg.uses_feature_cache:
         cache_dir = Path(cfg.feature_cache) if cfg.feature_cache else None
-        splits = {"train": train_samples, "valid": valid_samples, **({"test": test_samples} if test_samples else {})}
         feats = {s: cached_features(body, s, smp, cfg, prep, device, workers, cache_dir, dinfo.is_main)
                  for s, smp in splits.items()}
-        datasets = {s: TensorDataset(*xy) for s, xy in feats.items()}
-        trained = model.head
-        loader_workers, loader_pin = 0, False
+        datasets: Mapping[str, Dataset] = {s: TensorDataset(*xy) for s, xy in feats.items()}
+        trained, loader_workers, loader_pin, collate = model.head, 0, False, collate_skip
     else:
-        datasets = {"train": ImageSamples(train_samples, train_transform(prep, cfg.augment)),
-                    "valid": ImageSamples(valid_samples, eval_transform(prep))}
-        if test_samples:
-            datasets["test"] = ImageSamples(test_samples, eval_transform(prep))
-        trained = model
-        loader_workers, loader_pin = workers, pin
+        trained, loader_pin = model, pin
+        decoded = (decode_splits(splits, prep, workers, processes=int(env.get("LOCAL_WORLD_SIZE", "1")))
+                   if cfg.uses_image_cache else None)
+        if decoded is not None:  # indexing a tensor: nothing left for loader workers to do
+            datasets, loader_workers, collate = decoded, 0, NormalizeBatch(prep)
+        else:
+            datasets = {s: ImageSamples(smp, train_transform(prep, cfg.augment) if s == "train" else eval_transform(prep))
+                        for s, smp in splits.items()}
+            loader_workers, collate = workers, collate_skip
     loaders = {s: make_loader(ds, cfg.batch_size, shuffle=s == "train", seed=cfg.seed, dinfo=dinfo,
-                              workers=loader_workers, pin=loader_pin) for s, ds in datasets.items()}
+                              workers=loader_workers, pin=loader_pin, collate=collate) for s, ds in datasets.items()}
 
     net: nn.Module = trained
     if dinfo.enabled:
@@ -557,11 +642,12 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss()
     with _instruments(instruments, paths.output_dir, trained, criterion, cfg, device, loader_workers,
-                      dinfo) as (hook, timer, prof):
-        run = _Run(model, trained, net, criterion, optimizer, scaler, loaders, classes, mcfg, device, hook, timer, prof)
+                      isinstance(collate, NormalizeBatch), dinfo) as (hook, timer, prof):
+        run = _Run(model, trained, net, criterion, optimizer, scaler, amp_dtype, loaders, classes, mcfg, device, hook,
+                   timer, prof)
         return _train(cfg, paths, dinfo, run, state, ckpt_path, started, on_epoch, emit, write_artifacts)
 
 
@@ -575,6 +661,7 @@ class _Run:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # autocast's dtype, None for full precision
     loaders: dict[str, DataLoader]
     classes: list[str]
     mcfg: ModelConfig
@@ -586,7 +673,7 @@ class _Run:
 
 @contextlib.contextmanager
 def _instruments(inst: Instrumentation, output_dir: Path, trained: nn.Module, criterion: nn.Module, cfg: TrainConfig,
-                 device: torch.device, workers: int, dinfo: DistInfo):
+                 device: torch.device, workers: int, image_cache: bool, dinfo: DistInfo):
     """Start the hook and the profiler (rank 0) and always stop them, so a crash keeps what they wrote."""
     from helpers import profiler
 
@@ -598,7 +685,8 @@ def _instruments(inst: Instrumentation, output_dir: Path, trained: nn.Module, cr
             meta = {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
                     "workers": workers, "batch_size": cfg.batch_size, "device": str(device),
                     "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
-                    "feature_cache": cfg.uses_feature_cache, "interval_ms": inst.profiler_interval_ms,
+                    "feature_cache": cfg.uses_feature_cache, "image_cache": image_cache,
+                    "interval_ms": inst.profiler_interval_ms,
                     "process_start": profiler.process_start_time(), "fit_start": time.time(),
                     "world_size": dinfo.world_size}
             atomic_write_json(prof_dir / profiler.META_FILE, meta)
@@ -658,9 +746,9 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: "_Run", stat
             run.timer.start_epoch(epoch)
         tr = _reduce_train(train_one_epoch(run.net, run.criterion, run.optimizer, run.loaders["train"], run.device,
                                            run.scaler, desc=f"epoch {epoch}", hook=run.hook, timer=run.timer,
-                                           prof=run.prof, channels_last=cl), run.device, dinfo)
+                                           prof=run.prof, channels_last=cl, amp_dtype=run.amp_dtype), run.device, dinfo)
         va = evaluate(run.trained, run.criterion, run.loaders["valid"], run.device, len(run.classes), dinfo,
-                      hook=run.hook, channels_last=cl)
+                      hook=run.hook, channels_last=cl, amp_dtype=run.amp_dtype)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "valid_loss": va["loss"],
                "valid_accuracy": va["accuracy"], "seconds": time.perf_counter() - t0}
         result.history.append(row)
@@ -693,11 +781,11 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: "_Run", stat
 
     run.trained.load_state_dict(best_state)
     va = evaluate(run.trained, run.criterion, run.loaders["valid"], run.device, len(run.classes), dinfo,
-                  channels_last=cl)
+                  channels_last=cl, amp_dtype=run.amp_dtype)
     result.best_valid = va
     if "test" in run.loaders:
         result.test = evaluate(run.trained, run.criterion, run.loaders["test"], run.device, len(run.classes), dinfo,
-                               channels_last=cl)
+                               channels_last=cl, amp_dtype=run.amp_dtype)
     if dinfo.is_main:
         # The last valid line is the model that is kept: the value SageMaker's tuner and the local tuner read.
         emit(format_metrics("valid", "best", loss=va["loss"], accuracy=va["accuracy"]))

@@ -42,6 +42,8 @@ def test_dataloader_with_no_workers():
     assert r.status == "IssuesFound" and "used 0 worker process(es) on 2 core(s)" in r.numbers
     cached = by_rule(profiler_report.evaluate_profiler_rules(profile(workers=0, feature_cache=True)))["Dataloader"]
     assert cached.status == "NoIssuesFound" and "cached backbone features" in cached.numbers
+    decoded = by_rule(profiler_report.evaluate_profiler_rules(profile(workers=0, image_cache=True)))["Dataloader"]
+    assert decoded.status == "NoIssuesFound" and "decoded once into memory" in decoded.numbers
 
 
 def test_step_outliers():

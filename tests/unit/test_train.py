@@ -1,8 +1,10 @@
 import argparse
 import json
+import math
 import shutil
 
 import pytest
+import torch
 
 from helpers import metrics, train
 from helpers.train import JobPaths, TrainConfig, TrainingError
@@ -239,11 +241,75 @@ def test_model_tarball_has_the_sagemaker_layout(paths, tmp_path):
 
 
 def test_images_go_channels_last_and_features_stay_as_they_are():
-    import torch
-
     x, y = train._to_device((torch.randn(2, 3, 8, 8), torch.tensor([0, 1])), torch.device("cpu"), True)
     assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     f, _ = train._to_device((torch.randn(2, 16), torch.tensor([0, 1])), torch.device("cpu"), True)
     assert f.dim() == 2 and f.is_contiguous()
     plain, _ = train._to_device((torch.randn(2, 3, 8, 8), y), torch.device("cpu"), False)
     assert plain.is_contiguous()
+
+
+TRAINABLE = {**FAST, "freeze_backbone": False, "epochs": 2, "amp": False}
+
+
+def test_decoded_image_cache_changes_speed_not_results(paths, monkeypatch):
+    calls = []
+    real = train.decode_splits
+    monkeypatch.setattr(train, "decode_splits", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    cfg = TrainConfig(**TRAINABLE)
+    assert cfg.uses_image_cache and not cfg.uses_feature_cache
+    cached = train.fit(cfg, paths("cached", checkpoint_dir=None), emit=quiet([]))
+    assert len(calls) == 1 and set(calls[0]) == {"train", "valid", "test"}
+    assert calls[0]["train"].tensors[0].dtype == torch.uint8  # 4x smaller than float, normalized per batch
+    streamed = train.fit(TrainConfig(**TRAINABLE, cache_images=False), paths("streamed", checkpoint_dir=None),
+                         emit=quiet([]))
+    assert len(calls) == 1  # not asked for: decoded every epoch
+    assert [h["train_loss"] for h in cached.history] == pytest.approx([h["train_loss"] for h in streamed.history],
+                                                                      rel=1e-6)
+    assert cached.test["accuracy"] == streamed.test["accuracy"]
+
+
+def test_image_cache_is_skipped_when_it_would_not_fit_in_memory(paths, monkeypatch, caplog):
+    import collections
+
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: collections.namedtuple("vm", "available")(1000))
+    r = train.fit(TrainConfig(**{**TRAINABLE, "epochs": 1}), paths(checkpoint_dir=None), emit=quiet([]))
+    assert len(r.history) == 1
+    assert "not caching the decoded images" in caplog.text and "decoding every epoch instead" in caplog.text
+
+
+def test_augmentation_and_frozen_features_do_not_use_the_image_cache():
+    assert not TrainConfig(**{**TRAINABLE, "augment": True}).uses_image_cache  # random crops: nothing to reuse
+    assert not TrainConfig(**FAST).uses_image_cache  # the feature cache already holds the images' features
+    assert TrainConfig(**{**FAST, "use_feature_cache": False}).uses_image_cache
+
+
+def test_autocast_only_where_the_hardware_has_a_fast_low_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.autocast_dtype(cpu, True) is None
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.autocast_dtype(cpu, True) == torch.bfloat16 and train.autocast_dtype(cpu, False) is None
+    assert train.autocast_dtype(torch.device("cuda"), True) == torch.float16
+    assert train.autocast_dtype(torch.device("cuda"), False) is None
+
+
+def test_bfloat16_training_with_the_debugger_hook(paths, monkeypatch):
+    from smdebug.trials import create_trial
+
+    from helpers import profiler
+    from helpers.debugger import Instrumentation
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)  # autocast runs on any CPU, if slowly
+    p = paths(checkpoint_dir=None)
+    r = train.fit(TrainConfig(**{**TRAINABLE, "amp": True, "epochs": 1}), p, emit=quiet([]),
+                  instruments=Instrumentation(debugger=True, train_save_interval=1, eval_save_interval=1,
+                                              profiler=True))
+    assert math.isfinite(r.history[0]["train_loss"])
+    meta = json.loads((p.output_dir / "profiler" / profiler.META_FILE).read_text())
+    assert meta["image_cache"] is True and meta["workers"] == 0  # the profiler's Dataloader rule reads these
+    trial = create_trial(str(p.output_dir / "tensors"))
+    relu = trial.tensor_names(collection="relu_input")
+    assert relu and trial.tensor(relu[0]).reduction_value(0, "mean") is not None  # saved from bfloat16 as float32

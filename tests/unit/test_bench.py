@@ -1,0 +1,71 @@
+"""The appendix's findings are computed from the numbers, each judged against its target."""
+
+from helpers import bench
+
+
+def results(train_speedup=2.4, tuning_speedup=18.0, p50_ratio=1.1, overhead=3.0, chapters=300.0, pruned_best=0.9):
+    row = dict(epochs=2, image_size=224, device="cpu", seconds=1.0, images_per_s=10.0)
+    return {
+        "training": [
+            {**row, "variant": "seed-style, trainable backbone (decode every epoch, 0 workers, fp32)",
+             "valid_accuracy": 0.80, "speedup": 1.0},
+            {**row, "variant": "ours, trainable backbone (decoded-image cache, bfloat16 autocast, channels-last)",
+             "valid_accuracy": 0.82, "speedup": train_speedup},
+            {**row, "variant": "seed-style, frozen backbone (decode every epoch, 0 workers, fp32)",
+             "valid_accuracy": 0.5, "speedup": 1.0},
+            {**row, "variant": "ours, frozen backbone (feature cache)", "valid_accuracy": 0.5, "speedup": 4.0},
+        ],
+        "hpo": [{"variant": "feature cache + pruning", "trials": 8, "wall_s": 1.0, "best_objective": pruned_best,
+                 "pruned": 3, "speedup": tuning_speedup},
+                {"variant": "feature cache only", "trials": 8, "wall_s": 2.0, "best_objective": 0.9,
+                 "pruned": 0, "speedup": tuning_speedup / 2},
+                {"variant": "no cache, no pruning", "trials": 8, "wall_s": 18.0, "best_objective": 0.88,
+                 "pruned": 0, "speedup": 1.0}],
+        "serving": [{"setup": "in-process handler (floor)", "workers": 0, "concurrency": 1, "p50_vs_floor": 1.0},
+                    {"setup": "local endpoint", "workers": 1, "concurrency": 1, "p50_vs_floor": p50_ratio},
+                    {"setup": "local endpoint", "workers": 2, "concurrency": 1, "p50_vs_floor": 5.0},
+                    {"setup": "local endpoint", "workers": 1, "concurrency": 4, "p50_vs_floor": 3.0}],
+        "overhead": [{"variant": "off", "overhead_pct": 0.0, "first_epoch_overhead_pct": 0.0},
+                     {"variant": "hook + profiler", "overhead_pct": overhead, "first_epoch_overhead_pct": 20.0}],
+        "hardware": [
+            {"measure": "matmul 1024x1024 float32 on cpu (the machine's limit)", "precision": "float32",
+             "gflop_per_s": 180.0, "share_of_limit": 1.0},
+            {"measure": "training step, seed-style (fp32), ...", "precision": "float32", "gflop_per_s": 144.0,
+             "share_of_limit": 0.8},
+            {"measure": "training step, ours (bfloat16 autocast, channels-last), ...", "precision": "bfloat16",
+             "gflop_per_s": 360.0, "share_of_limit": 0.9},
+        ],
+        "chapters": [{"chapter": "01_data", "seconds": chapters}, {"chapter": "all chapters", "seconds": chapters}],
+    }
+
+
+def test_findings_state_each_ratio_against_its_target():
+    lines = bench.findings(results())
+    text = "\n".join(lines)
+    assert len(lines) == 8 and "NOT met" not in text
+    assert "ours (decoded-image cache, bfloat16 autocast, channels-last) ran 2.4x" in lines[0]
+    assert "accuracy 0.82 vs 0.80" in lines[0]
+    assert "frozen backbone: ours (feature cache) ran 4.0x" in lines[1]
+    assert "feature cache only: 9.0x faster, best objective 0.900 vs 0.880" in lines[2]
+    assert "feature cache + pruning: 18.0x faster" in lines[3] and "stopped a trial" not in lines[3]
+    assert "1.10x the in-process floor with 1 worker(s)" in lines[4]  # the best worker count at concurrency 1
+    assert "+3.0% step time once running" in lines[5] and "+20.0% on the first epoch" in lines[5]
+    assert "80% of the measured float32" in lines[6] and "90% of the bfloat16" in lines[6] and "2.5x" in lines[6]
+    assert "300 s" in lines[7]
+
+
+def test_missed_targets_are_said_so():
+    lines = bench.findings(results(train_speedup=1.5, tuning_speedup=4.0, p50_ratio=1.3, overhead=12.0,
+                                   chapters=700.0))
+    assert sum("NOT met" in line for line in lines) == 6  # both tuning variants under 5x
+
+
+def test_a_pruned_best_trial_misses_the_tuning_target():
+    lines = [line for line in bench.findings(results(pruned_best=0.8)) if "pruning" in line]
+    assert "0.800 vs 0.880 (the pruner stopped a trial that would have ended better)" in lines[0]
+    assert "NOT met" in lines[0]
+
+
+def test_partial_results_give_the_lines_they_can():
+    assert bench.findings({"training": [], "chapters": []}) == []
+    assert len(bench.findings({"overhead": results()["overhead"]})) == 1
