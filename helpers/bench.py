@@ -377,12 +377,15 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
     return rows
 
 
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "NOT met"
+def findings(results: dict[str, Any], judge: bool = True) -> list[str]:
+    """What the numbers of one :func:`run_all` (or ``--json``) result say, each against its target.
 
+    ``judge=False`` leaves out the verdicts: a quick run's tiny data cannot meet or miss a target.
+    """
 
-def findings(results: dict[str, Any]) -> list[str]:
-    """What the numbers of one :func:`run_all` (or ``--json``) result say, each against its target."""
+    def goal(target: str, ok: bool) -> str:
+        return f" (target {target}: {'met' if ok else 'NOT met'})" if judge else ""
+
     lines = []
     train = results.get("training") or []
     for kind, target in (("trainable", 2.0), ("frozen", None)):
@@ -390,9 +393,9 @@ def findings(results: dict[str, Any]) -> list[str]:
         ours = next((r for r in train if r["variant"].startswith(f"ours, {kind}")), None)
         if base and ours:
             how = ours["variant"].split("(", 1)[-1].rstrip(")")
-            goal = f" (target {target:g}x: {_verdict(ours['speedup'] >= target)})" if target else ""
+            verdict = goal(f"{target:g}x", ours["speedup"] >= target) if target else ""
             lines.append(f"Training, {kind} backbone: ours ({how}) ran {ours['speedup']:.1f}x the seed-style loop's "
-                         f"images/s over {ours['epochs']} epoch(s){goal}; validation accuracy "
+                         f"images/s over {ours['epochs']} epoch(s){verdict}; validation accuracy "
                          f"{ours['valid_accuracy']:.2f} vs {base['valid_accuracy']:.2f}.")
     hpo = {r["variant"]: r for r in results.get("hpo") or []}
     slow = hpo.get("no cache, no pruning")
@@ -403,19 +406,19 @@ def findings(results: dict[str, Any]) -> list[str]:
             late = (" (the pruner stopped a trial that would have ended better)"
                     if r["best_objective"] < slow["best_objective"] and r.get("pruned") else "")
             lines.append(f"Tuning, {r['trials']} trials, {name}: {r['speedup']:.1f}x faster, best objective "
-                         f"{r['best_objective']:.3f} vs {slow['best_objective']:.3f}{late} "
-                         f"(target 5x at an equal or better objective: {_verdict(ok)}).")
+                         f"{r['best_objective']:.3f} vs {slow['best_objective']:.3f}{late}"
+                         f"{goal('5x at an equal or better objective', ok)}.")
     ep = [r for r in results.get("serving") or [] if r["setup"] == "local endpoint" and r["concurrency"] == 1]
     if ep:
         best = min(ep, key=lambda r: r["p50_vs_floor"])
         lines.append(f"Serving: the endpoint's p50 at concurrency 1 is {best['p50_vs_floor']:.2f}x the in-process floor "
-                     f"with {best['workers']} worker(s) (target 1.2x: {_verdict(best['p50_vs_floor'] <= 1.2)}).")
+                     f"with {best['workers']} worker(s){goal('1.2x', best['p50_vs_floor'] <= 1.2)}.")
     over = {r["variant"]: r for r in results.get("overhead") or []}
     if "hook + profiler" in over:
         r = over["hook + profiler"]
-        lines.append(f"Debugger hook + profiler: {r['overhead_pct']:+.1f}% step time once running (target under 10%: "
-                     f"{_verdict(r['overhead_pct'] < 10)}); {r['first_epoch_overhead_pct']:+.1f}% on the first epoch, "
-                     "which sets them up and exports the operator trace.")
+        lines.append(f"Debugger hook + profiler: {r['overhead_pct']:+.1f}% step time once running"
+                     f"{goal('under 10%', r['overhead_pct'] < 10)}; {r['first_epoch_overhead_pct']:+.1f}% on the first "
+                     "epoch, which sets them up and exports the operator trace.")
     steps = [r for r in results.get("hardware") or [] if r["measure"].startswith("training step")]
     if len(steps) == 2:
         seed, ours = steps
@@ -425,8 +428,7 @@ def findings(results: dict[str, Any]) -> list[str]:
     chapters = results.get("chapters") or []
     if chapters:
         total = chapters[-1]["seconds"]
-        lines.append(f"The chapters of the last `make book` took {total:.0f} s in all "
-                     f"(target under 600 s: {_verdict(total < 600)}).")
+        lines.append(f"The chapters of the last `make book` took {total:.0f} s in all{goal('under 600 s', total < 600)}.")
     return lines
 
 

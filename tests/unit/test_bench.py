@@ -66,6 +66,12 @@ def test_a_pruned_best_trial_misses_the_tuning_target():
     assert "NOT met" in lines[0]
 
 
+def test_a_quick_run_is_not_judged():
+    lines = bench.findings(results(train_speedup=1.5, overhead=12.0), judge=False)
+    assert len(lines) == 8 and not any("target" in line for line in lines)
+    assert "ran 1.5x the seed-style loop's images/s over 2 epoch(s); validation" in lines[0]
+
+
 def test_partial_results_give_the_lines_they_can():
     assert bench.findings({"training": [], "chapters": []}) == []
     assert len(bench.findings({"overhead": results()["overhead"]})) == 1
