@@ -113,3 +113,25 @@ def test_app_in_process(trained_model, test_image):
     bad = client.post("/endpoints/dogs/invocations", content=b"x", headers={"Content-Type": "text/csv"})
     assert bad.status_code == 415 and bad.headers["x-amzn-ErrorType"] == "ModelError"
     assert bad.json()["OriginalStatusCode"] == 415
+
+
+def test_multi_worker_connections_have_nagle_off():
+    """uvicorn's own multi-worker socket leaves Nagle on: two-part responses then wait ~40 ms for a delayed ACK."""
+    import socket
+
+    import uvicorn
+
+    listener = serving.listening_socket(uvicorn.Config("helpers.serving:app_from_env", host="127.0.0.1", port=0,
+                                                       workers=2))
+    with listener:
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()[:2]) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_two_worker_endpoint_answers(trained_model, test_image):
+    with LocalEndpoint(trained_model, workers=2) as ep:
+        results = [ep.predict(test_image) for _ in range(4)]
+    assert all(r["predictions"] for r in results)
