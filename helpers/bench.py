@@ -136,13 +136,14 @@ def seed_style_training(root: Path, backbone: str, image_size: int, epochs: int,
             "loader": loader, "device": str(device)}
 
 
-def our_techniques(cfg: "TrainConfig", device: "torch.device") -> str:
-    """What our loop does differently from the seed-style one with this configuration, in words."""
+def our_techniques(cfg: "TrainConfig", device: "torch.device", data: bool = True) -> str:
+    """What our loop does differently from the seed-style one with this configuration, in words
+    (``data=False``: only what changes the training step itself)."""
     from helpers.train import autocast_dtype
 
     if cfg.uses_feature_cache:
         return "feature cache"
-    parts = ["decoded-image cache" if cfg.uses_image_cache else "loader workers"]
+    parts = ["decoded-image cache" if cfg.uses_image_cache else "loader workers"] if data else []
     dtype = autocast_dtype(device, cfg.amp)
     if dtype is not None:
         parts.append(f"{str(dtype).removeprefix('torch.')} autocast")
@@ -202,7 +203,8 @@ def bench_hardware(backbone: str, image_size: int, batch_size: int = 32) -> list
     from helpers.train import TrainConfig, autocast_dtype
 
     device = _device()
-    ours_dtype = autocast_dtype(device, TrainConfig().amp)
+    ours = TrainConfig(freeze_backbone=False)
+    ours_dtype = autocast_dtype(device, ours.amp)
     n = 4096 if device.type == "cuda" else 1024
     limits: dict[str, float] = {}
     rows = []
@@ -220,7 +222,8 @@ def bench_hardware(backbone: str, image_size: int, batch_size: int = 32) -> list
         limits[name] = best
         rows.append({"measure": f"matmul {n}x{n} {name} on {device.type} (the machine's limit)", "precision": name,
                      "gflop_per_s": limits[name], "share_of_limit": 1.0})
-    for label, dtype, cl in (("seed-style (fp32)", None, False), (f"ours ({our_step(ours_dtype)})", ours_dtype, True)):
+    for label, dtype, cl in (("seed-style (fp32)", None, False),
+                             (f"ours ({our_techniques(ours, device, data=False)})", ours_dtype, ours.channels_last)):
         torch.manual_seed(0)
         model = build_model(ModelConfig(backbone, num_classes=10), freeze_backbone=False).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -253,11 +256,6 @@ def bench_hardware(backbone: str, image_size: int, batch_size: int = 32) -> list
         rows.append({"measure": f"training step, {label}, trainable {backbone}, {image_size}px, batch {batch_size}",
                      "precision": name, "gflop_per_s": achieved, "share_of_limit": achieved / limits[name]})
     return rows
-
-
-def our_step(dtype: "torch.dtype | None") -> str:
-    return ", ".join([*([f"{str(dtype).removeprefix('torch.')} autocast"] if dtype is not None else []),
-                      "channels-last"])
 
 
 def chapter_times(root: Path | None = None) -> list[dict[str, Any]]:
