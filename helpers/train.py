@@ -597,7 +597,8 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
         dist.barrier()  # rank 0 may have deleted a bad checkpoint under --restart
 
     device = pick_device(env, dinfo.local_rank)
-    workers = default_workers(int(env.get("LOCAL_WORLD_SIZE", "1"))) if cfg.num_workers < 0 else cfg.num_workers
+    local_ranks = int(env.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine: they share cores and memory
+    workers = default_workers(local_ranks) if cfg.num_workers < 0 else cfg.num_workers
     pin = device.type == "cuda"
     prep = Preprocessing.for_size(cfg.image_size)
     mcfg = ModelConfig(backbone=cfg.backbone, num_classes=len(classes), class_names=classes, head=cfg.head,
@@ -625,8 +626,7 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
         trained, loader_workers, loader_pin, collate = model.head, 0, False, collate_skip
     else:
         trained, loader_pin = model, pin
-        decoded = (decode_splits(splits, prep, workers, processes=int(env.get("LOCAL_WORLD_SIZE", "1")))
-                   if cfg.uses_image_cache else None)
+        decoded = decode_splits(splits, prep, workers, processes=local_ranks) if cfg.uses_image_cache else None
         if decoded is not None:  # indexing a tensor: nothing left for loader workers to do
             datasets, loader_workers, collate = decoded, 0, NormalizeBatch(prep)
         else:
