@@ -173,9 +173,25 @@ def resolve_paths(args: argparse.Namespace, env: Mapping[str, str]) -> JobPaths:
     if not model_dir:
         raise TrainingError("No model folder: pass --model-dir DIR or set SM_MODEL_DIR.")
     output_dir = args.output_dir or env.get("SM_OUTPUT_DATA_DIR") or str(Path(model_dir).parent / "output")
+    return JobPaths(train, valid, test, Path(model_dir), Path(output_dir), checkpoint_dir(args.checkpoint_dir, env))
+
+
+def checkpoint_dir(flag: str | None, env: Mapping[str, str]) -> Path | None:
+    """Where this job checkpoints: ``--checkpoint-dir``, else its own subfolder of the platform's folder.
+
+    SageMaker restores everything under ``CheckpointConfig.S3Uri`` into every job that names it, so
+    tuning trials and the final training that share one URI would resume each other's checkpoints.
+    A subfolder named by ``TRAINING_JOB_NAME`` keeps them apart, and a restarted (spot) job, which
+    keeps its name, still finds its own.
+    """
+    if flag:
+        return Path(flag)
     on_sagemaker = "SM_TRAINING_ENV" in env or "SM_CURRENT_HOST" in env
-    checkpoint = args.checkpoint_dir or env.get("SM_CHECKPOINT_DIR") or ("/opt/ml/checkpoints" if on_sagemaker else None)
-    return JobPaths(train, valid, test, Path(model_dir), Path(output_dir), Path(checkpoint) if checkpoint else None)
+    base = env.get("SM_CHECKPOINT_DIR") or ("/opt/ml/checkpoints" if on_sagemaker else None)
+    if base is None:
+        return None
+    job = env.get("TRAINING_JOB_NAME")
+    return Path(base) / job if job else Path(base)
 
 
 def dist_info(env: Mapping[str, str]) -> DistInfo:

@@ -62,6 +62,16 @@ def test_paths_from_sagemaker_environment(tmp_path):
     assert str(p.checkpoint_dir) == "/ck"
 
 
+def test_each_job_checkpoints_in_its_own_subfolder_of_a_shared_uri():
+    """SageMaker restores the whole CheckpointConfig.S3Uri into every job: trials must not resume each other."""
+    env = {"SM_CURRENT_HOST": "algo-1"}
+    trial_1 = train.checkpoint_dir(None, {**env, "TRAINING_JOB_NAME": "tune-001-aaaa"})
+    trial_2 = train.checkpoint_dir(None, {**env, "TRAINING_JOB_NAME": "tune-002-bbbb"})
+    assert str(trial_1) == "/opt/ml/checkpoints/tune-001-aaaa" and trial_1 != trial_2
+    assert train.checkpoint_dir(None, {**env, "TRAINING_JOB_NAME": "tune-001-aaaa"}) == trial_1  # a spot restart
+    assert str(train.checkpoint_dir("/mine", {**env, "TRAINING_JOB_NAME": "x"})) == "/mine"  # a flag is taken as is
+
+
 def test_paths_from_plain_flags(synthetic_root, tmp_path):
     p = train.resolve_paths(ns(data_dir=str(synthetic_root), model_dir=str(tmp_path / "m")), {})
     assert p.train == synthetic_root / "train" and p.test == synthetic_root / "test"

@@ -1,0 +1,175 @@
+"""The emulator's HTTP front: the operations it executes itself, and moto's server for everything else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_ID = "123456789012"  # moto's default account
+DEFAULT_REGION = "us-east-1"
+#: Credentials any client may use against the emulator (it accepts every key, as moto does).
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
+
+
+class AwsError(Exception):
+    """An error the service would answer with: its code, message and HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def validation_error(message: str) -> AwsError:
+    return AwsError("ValidationException", message)
+
+
+Handler = Callable[[dict[str, Any], str], dict[str, Any]]
+
+
+class Gateway:
+    """WSGI application: ``SageMaker.<Operation>`` requests with a handler here run here; the rest go to moto.
+
+    Requests are validated against botocore's model of the operation first, so a raw client gets the
+    service's ``ValidationException`` instead of a traceback; a handler's unexpected error is an
+    ``InternalFailure`` (HTTP 500) and the server keeps serving.
+    """
+
+    def __init__(self, moto_app: Callable, handlers: dict[str, Handler]) -> None:
+        self.moto_app, self.handlers = moto_app, handlers
+        self._model = None
+
+    def _operation(self, name: str) -> Any:
+        if self._model is None:
+            import botocore.session
+
+            self._model = botocore.session.get_session().get_service_model("sagemaker")
+        return self._model.operation_model(name)
+
+    def validate(self, operation: str, params: dict[str, Any]) -> None:
+        from botocore.validate import ParamValidator
+
+        report = ParamValidator().validate(params, self._operation(operation).input_shape)
+        if report.has_errors():
+            raise validation_error(report.generate_report())
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        service, _, operation = target.partition(".")
+        handler = self.handlers.get(operation) if service == "SageMaker" else None
+        if handler is None:
+            return self.moto_app(environ, start_response)
+        m = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+        region = m.group(1) if m else DEFAULT_REGION
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            raw = environ["wsgi.input"].read(length) if length else b""
+            try:
+                params = json.loads(raw or b"{}")
+            except ValueError:
+                raise validation_error("The request body is not valid JSON.") from None
+            if not isinstance(params, dict):
+                raise validation_error("The request body must be a JSON object.")
+            self.validate(operation, params)
+            status, body = 200, handler(params, region)
+        except AwsError as e:
+            status, body = e.status, {"__type": e.code, "message": e.message}
+        except Exception as e:  # noqa: BLE001 - the server must survive any request
+            log.exception("%s failed", operation)
+            status, body = 500, {"__type": "InternalFailure", "message": f"{type(e).__name__}: {e}"}
+        data = json.dumps(body, default=_json_default).encode()
+        headers = [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(data))),
+                   ("x-amzn-RequestId", os.urandom(16).hex())]
+        if status >= 400:
+            headers.append(("x-amzn-ErrorType", body["__type"]))
+        start_response(f"{status} {'OK' if status == 200 else 'Error'}", headers)
+        return [data]
+
+
+def _json_default(value: Any) -> Any:
+    """Timestamps as epoch seconds, as the JSON protocol sends them."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    return str(value)
+
+
+class LocalSageMaker:
+    """The local SageMaker on a loopback port, started and stopped as a context manager.
+
+    ``work_dir`` holds each job's folder (``emulator/training/NAME/``: the container's ``/opt/ml``).
+    ``port=0`` picks a free port. ``stop_grace_s`` is how long a stopped job has between SIGTERM and
+    SIGKILL (the service gives 120 s). Leaving the block stops every job it started and the server.
+    """
+
+    def __init__(self, work_dir: str | os.PathLike[str] = ".work", *, port: int = 0, host: str = "127.0.0.1",
+                 stop_grace_s: float = 120.0) -> None:
+        self.work_dir = Path(work_dir).resolve()
+        self.host, self.port = host, port
+        self.stop_grace_s = stop_grace_s
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.training: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "LocalSageMaker":
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        from helpers.emulator.training import TrainingJobs
+
+        self.training = TrainingJobs(self.work_dir / "emulator" / "training", stop_grace_s=self.stop_grace_s)
+        app = Gateway(DomainDispatcherApplication(create_backend_app), self.training.handlers())
+        class QuietHandler(MotoRequestHandler):
+            def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request on stderr
+                pass
+
+        self._server = make_server(self.host, self.port, app, threaded=True, request_handler=QuietHandler)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-sagemaker", daemon=True)
+        self._thread.start()
+        log.info("local SageMaker at %s (jobs in %s)", self.endpoint_url, self.work_dir / "emulator")
+        return self
+
+    def stop(self) -> None:
+        """Stop every running job (their processes end), then the server."""
+        if self.training is not None:
+            self.training.shutdown()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> "LocalSageMaker":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- clients ---------------------------------------------------------------------------------
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def environ(self, region: str = DEFAULT_REGION) -> dict[str, str]:
+        """Environment variables that point every AWS client (SDK, boto3, CLI) at this emulator."""
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": region, **CREDENTIALS}
+
+    def client(self, service: str, region: str = DEFAULT_REGION) -> Any:
+        """A boto3 client for ``service`` on this emulator."""
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=region,
+                            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])

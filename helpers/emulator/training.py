@@ -1,0 +1,629 @@
+"""Training jobs on the local SageMaker: the entry point runs the way the PyTorch training container runs it.
+
+Two contracts, as the service supports them:
+
+- **Framework container** (SDK v2, the AWS CLI examples): the hyperparameters ``sagemaker_program`` and
+  ``sagemaker_submit_directory`` (a ``sourcedir.tar.gz`` in S3, or a ``file://`` folder) name the
+  script. As the sagemaker-training toolkit does, each hyperparameter is JSON-decoded, the
+  ``sagemaker_*`` keys are dropped, and the rest reach the script as ``--key str(value)``, sorted.
+- **SDK v3 ModelTrainer**: ``code`` and ``sm_drivers`` channels; ``sm_drivers/sourcecode.json`` names the
+  entry script (or a command). As the SDK's basic driver does, the script gets ``--key value`` in the
+  request's order, strings as they are and other values JSON-encoded.
+
+A job's folder, ``<work>/emulator/training/NAME/``, is the container's ``/opt/ml``: ``input/config/``
+(``hyperparameters.json``, ``inputdataconfig.json``, ``resourceconfig.json``), ``input/data/CHANNEL``,
+``code/``, ``model/``, ``output/data/``, ``output/failure``, ``checkpoints/``, plus ``job.log``.
+
+Where it differs from the container, on purpose:
+
+- Paths: ``/opt/ml`` is the job folder, and every ``SM_*`` path points into it. ``SAGEMAKER_BASE_DIR``
+  and ``SM_CHECKPOINT_DIR`` say where it is; a script that hard-codes ``/opt/ml`` runs on the service only.
+- The interpreter is this one, started with ``-E -s`` (no ``PYTHON*`` variables, no user site-packages)
+  in the extracted code folder, so a module missing from what was shipped fails here as it would
+  there. ``requirements.txt`` is compared with what is installed, not installed.
+- One machine: ``InstanceCount`` N runs N processes under torchrun here (``algo-1`` ... ``algo-N``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from helpers.emulator import storage
+from helpers.emulator.server import ACCOUNT_ID, AwsError, validation_error
+
+log = logging.getLogger(__name__)
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+LOG_TAIL = 40
+POLL_S = 0.25
+CHECKPOINT_SYNC_S = 2.0
+FAILURE_REASON_MAX = 1024  # the API's length limit for FailureReason
+
+MetricCallback = Callable[[str, float], None]
+
+
+class ClientError(Exception):
+    """A job that fails before its script runs, for a reason on the caller's side (as the service says it)."""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure functions: hyperparameters as each contract delivers them
+
+
+def json_or_str(value: Any) -> Any:
+    """A hyperparameter value as the container decodes it: JSON when it parses, else the string itself."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def toolkit_hyperparameters(raw: Mapping[str, str]) -> dict[str, Any]:
+    """The framework container's user hyperparameters: JSON-decoded, ``sagemaker_*`` keys dropped."""
+    return {k: json_or_str(v) for k, v in raw.items() if not k.startswith("sagemaker_")}
+
+
+def toolkit_args(hps: Mapping[str, Any]) -> list[str]:
+    """sagemaker-training's ``to_cmd_args``: sorted keys, ``--key`` (``-k`` for one letter), ``str(value)``.
+
+    So ``true`` in the request reaches the script as ``True``, and a dict as ``k1=v1,k2=v2``.
+    """
+    args: list[str] = []
+    for key in sorted(hps):
+        value = hps[key]
+        args.append(f"--{key}" if len(key) > 1 else f"-{key}")
+        if hasattr(value, "items"):
+            args.append(",".join(f"{k}={v}" for k, v in sorted(value.items())))
+        else:
+            args.append("" if value is None else str(value))
+    return args
+
+
+def driver_args(hps: Mapping[str, Any]) -> list[str]:
+    """The SDK v3 basic driver's ``hyperparameters_to_cli_args``: request order, non-strings JSON-encoded."""
+    args: list[str] = []
+    for key, value in hps.items():
+        value = json_or_str(value)
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return args
+
+
+def metric_regexes(definitions: list[Mapping[str, str]] | None) -> list[tuple[str, re.Pattern[str]]]:
+    return [(d["Name"], re.compile(d["Regex"])) for d in definitions or []]
+
+
+def parse_metrics(line: str, regexes: list[tuple[str, re.Pattern[str]]]) -> list[tuple[str, float]]:
+    """The metric values a log line carries, as the service reads them: the first group of each regex."""
+    found = []
+    for name, rx in regexes:
+        m = rx.search(line)
+        if m and m.groups():
+            try:
+                found.append((name, float(m.group(1))))
+            except (TypeError, ValueError):
+                pass
+    return found
+
+
+def last_error_line(lines: list[str]) -> str:
+    """The line that says what went wrong: the last ``...Error: ...``/``...Exception...`` line, else the last line."""
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line.strip()):
+            return line.strip()
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+def failure_reason(exit_code: int, lines: list[str], command: list[str], failure_file: Path) -> str:
+    """``FailureReason`` as the service words it: the script's own failure file, else the toolkit's summary."""
+    if failure_file.is_file() and failure_file.read_text(errors="replace").strip():
+        text = failure_file.read_text(errors="replace").strip()
+    else:
+        text = (f'AlgorithmError: ExecuteUserScriptError:\nExitCode {exit_code}\nErrorMessage '
+                f'"{last_error_line(lines)}"\nCommand "{shlex.join(command)}"')
+    return text[:FAILURE_REASON_MAX]
+
+
+@lru_cache(maxsize=1)
+def gpu_count() -> int:
+    """GPUs on this machine, counted as the container counts them (``nvidia-smi --list-gpus``)."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+# --------------------------------------------------------------------------------------------------
+# Jobs
+
+
+@dataclass
+class _Run:
+    name: str
+    region: str
+    job: Any  # moto's FakeTrainingJob: what Describe/List report
+    params: dict[str, Any]
+    root: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str = "Stopped"  # the secondary status a stop ends in: Stopped or MaxRuntimeExceeded
+    done: threading.Event = field(default_factory=threading.Event)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    on_metric: MetricCallback | None = None
+    thread: threading.Thread | None = None
+
+
+class TrainingJobs:
+    """CreateTrainingJob, DescribeTrainingJob and StopTrainingJob, executed; moto stores and lists the jobs."""
+
+    def __init__(self, root: Path, *, stop_grace_s: float = 120.0) -> None:
+        self.root = Path(root)
+        self.stop_grace_s = stop_grace_s
+        self.runs: dict[tuple[str, str], _Run] = {}
+        self._lock = threading.Lock()
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any], str], dict[str, Any]]]:
+        return {"CreateTrainingJob": lambda p, r: self.create(p, r), "DescribeTrainingJob": self.describe,
+                "StopTrainingJob": self.stop}
+
+    @staticmethod
+    def backend(region: str) -> Any:
+        from moto.sagemaker.models import sagemaker_backends
+
+        return sagemaker_backends[ACCOUNT_ID][region]
+
+    # -- API -------------------------------------------------------------------------------------
+    def create(self, params: dict[str, Any], region: str, on_metric: MetricCallback | None = None) -> dict[str, Any]:
+        name = params["TrainingJobName"]
+        backend = self.backend(region)
+        with self._lock:
+            if name in backend.training_jobs:
+                raise AwsError("ResourceInUse", "Training job names must be unique within an AWS account and "
+                               f"region, and a training job with this name already exists "
+                               f"({backend.training_jobs[name].arn})")
+            original = copy.deepcopy(params)
+            job = backend.create_training_job(
+                training_job_name=name, hyper_parameters=params.get("HyperParameters") or {},
+                algorithm_specification=params["AlgorithmSpecification"], role_arn=params["RoleArn"],
+                input_data_config=params.get("InputDataConfig") or [], output_data_config=params["OutputDataConfig"],
+                resource_config=params["ResourceConfig"], vpc_config=params.get("VpcConfig"),
+                stopping_condition=params["StoppingCondition"], tags=params.get("Tags"),
+                enable_network_isolation=params.get("EnableNetworkIsolation", False),
+                enable_inter_container_traffic_encryption=params.get("EnableInterContainerTrafficEncryption", False),
+                enable_managed_spot_training=params.get("EnableManagedSpotTraining", False),
+                checkpoint_config=params.get("CheckpointConfig"), debug_hook_config=params.get("DebugHookConfig"),
+                debug_rule_configurations=params.get("DebugRuleConfigurations"),
+                tensor_board_output_config=params.get("TensorBoardOutputConfig"),
+                experiment_config=params.get("ExperimentConfig"))
+            # moto marks a job Completed at once and replaces its metric definitions: undo both.
+            job.algorithm_specification = copy.deepcopy(original["AlgorithmSpecification"])
+            job.environment = original.get("Environment")
+            job.creation_time = job.last_modified_time = now()
+            job.training_job_status, job.secondary_status = "InProgress", "Starting"
+            job.secondary_status_transitions = []
+            job.final_metric_data_list = None
+            job.training_start_time = job.training_end_time = None
+            job.model_artifacts = None
+            run = _Run(name=name, region=region, job=job, params=original, root=self.root / name, on_metric=on_metric)
+            self.runs[(region, name)] = run
+        self._transition(run, "Starting", "Launching requested ML instances")
+        run.thread = threading.Thread(target=self._execute, args=(run,), name=f"training-{name}", daemon=True)
+        run.thread.start()
+        return {"TrainingJobArn": job.arn}
+
+    def describe(self, params: dict[str, Any], region: str) -> dict[str, Any]:
+        backend = self.backend(region)
+        name = params["TrainingJobName"]
+        job = backend.training_jobs.get(name)
+        if job is None:
+            raise validation_error(f"Requested resource not found. Could not find training job "
+                                   f"'arn:aws:sagemaker:{region}:{ACCOUNT_ID}:training-job/{name}'.")
+        return {k: v for k, v in job.response_object.items() if v is not None}
+
+    def stop(self, params: dict[str, Any], region: str) -> dict[str, Any]:
+        name = params["TrainingJobName"]
+        run = self.runs.get((region, name))
+        if run is None:
+            self.describe(params, region)  # not found: the service's error
+            raise validation_error(f"The training job {name} is not in progress.")
+        if run.job.training_job_status != "InProgress":
+            raise validation_error(f"The request was rejected because the training job is in status "
+                                   f"{run.job.training_job_status}.")
+        run.job.training_job_status = "Stopping"
+        self._transition(run, "Stopping", "Stopping the training job")
+        run.stop.set()
+        return {}
+
+    def wait(self, name: str, region: str, timeout: float | None = None) -> str:
+        """Block until the job ends; its final status."""
+        run = self.runs[(region, name)]
+        run.done.wait(timeout)
+        return run.job.training_job_status
+
+    def shutdown(self) -> None:
+        """Stop every job still running and wait for them (their processes are ended)."""
+        for run in list(self.runs.values()):
+            if not run.done.is_set():
+                run.stop.set()
+        for run in list(self.runs.values()):
+            if run.thread is not None:
+                run.thread.join(timeout=self.stop_grace_s + 30)
+
+    # -- the job ---------------------------------------------------------------------------------
+    def _transition(self, run: _Run, status: str, message: str) -> None:
+        t = now()
+        transitions = run.job.secondary_status_transitions
+        if transitions and transitions[-1]["Status"] == status:
+            return
+        if transitions:
+            transitions[-1]["EndTime"] = t
+        transitions.append({"Status": status, "StartTime": t, "StatusMessage": message})
+        run.job.secondary_status = status
+        run.job.last_modified_time = t
+
+    def _execute(self, run: _Run) -> None:
+        job, params = run.job, run.params
+        exit_code: int | None = None
+        reason = ""
+        try:
+            layout = _prepare_layout(run.root)
+            self._transition(run, "Downloading", "Downloading input data")
+            channels = _fetch_channels(params.get("InputDataConfig") or [], layout["data"])
+            ckpt = params.get("CheckpointConfig") or {}
+            if ckpt.get("S3Uri"):
+                storage.download_prefix(ckpt["S3Uri"], layout["checkpoints"])
+            _write_config(params, layout, channels)
+            command, cwd, env = _container_command(params, run.name, job.arn, layout, channels)
+            self._transition(run, "Training", "Training image download completed. Training in progress.")
+            job.training_start_time = now()
+            if not run.stop.is_set():
+                exit_code, lines = self._supervise(run, command, cwd, env, layout, ckpt.get("S3Uri"))
+                if exit_code != 0 and not run.stop.is_set():
+                    reason = failure_reason(exit_code, lines, command, layout["output"] / "failure")
+            self._transition(run, "Uploading", "Uploading generated training model")
+            if exit_code == 0 or run.stop.is_set():
+                _upload_artifacts(params, run.name, layout)
+                job.model_artifacts = {"S3ModelArtifacts": _output_uri(params, run.name, "model.tar.gz")}
+        except ClientError as e:
+            reason = f"ClientError: {e}"
+        except AwsError as e:
+            reason = f"ClientError: {e.message}"
+        except Exception as e:  # noqa: BLE001 - the job fails; the emulator goes on
+            log.exception("training job %s", run.name)
+            reason = f"InternalServerError: {type(e).__name__}: {e}"
+        finally:
+            end = now()
+            if run.stop.is_set():
+                status, secondary = "Stopped", run.stop_reason
+            elif reason:
+                status, secondary = "Failed", "Failed"
+                job.failure_reason = reason[:FAILURE_REASON_MAX]
+            else:
+                status, secondary = "Completed", "Completed"
+            if run.metrics:
+                job.final_metric_data_list = [{"MetricName": n, "Value": v[-1], "Timestamp": end}
+                                              for n, v in run.metrics.items()]
+            job.training_end_time = end
+            started = job.training_start_time or end
+            job.training_time_in_seconds = job.billable_time_in_seconds = max(1, round((end - started).total_seconds()))
+            self._transition(run, secondary, {"Completed": "Training job completed",
+                                              "Failed": "Training job failed",
+                                              "MaxRuntimeExceeded": "Job stopped: it ran past MaxRuntimeInSeconds",
+                                              }.get(secondary, "Training job stopped"))
+            job.training_job_status = status
+            run.done.set()
+
+    def _supervise(self, run: _Run, command: list[str], cwd: Path, env: dict[str, str], layout: dict[str, Path],
+                   checkpoint_uri: str | None) -> tuple[int, list[str]]:
+        """Run the container's command; stream its log and metrics; honour stops, the runtime limit, checkpoints."""
+        stream = storage.LogStream(run.region, LOG_GROUP, f"{run.name}/algo-1-{int(time.time())}")
+        regexes = metric_regexes(run.job.algorithm_specification.get("MetricDefinitions"))
+        tail: deque[str] = deque(maxlen=LOG_TAIL)
+        max_runtime = (run.params.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+        logf = open(layout["root"] / "job.log", "a", encoding="utf-8")
+        logf.write(f"==== {now().isoformat(timespec='seconds')} {shlex.join(command)}\n")
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, errors="replace", start_new_session=True)
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                logf.write(raw)
+                stream.write(line)
+                tail.append(line)
+                for metric, value in parse_metrics(line, regexes):
+                    run.metrics.setdefault(metric, []).append(value)
+                    if run.on_metric is not None:
+                        run.on_metric(metric, value)
+
+        reader = threading.Thread(target=read, name=f"log-{run.name}", daemon=True)
+        reader.start()
+        started, synced, seen = time.monotonic(), time.monotonic(), {}  # type: ignore[var-annotated]
+        try:
+            while proc.poll() is None:
+                if max_runtime and time.monotonic() - started > max_runtime and not run.stop.is_set():
+                    run.stop_reason = "MaxRuntimeExceeded"
+                    run.job.training_job_status = "Stopping"
+                    self._transition(run, "Stopping", "Stopping the job: it ran past MaxRuntimeInSeconds")
+                    run.stop.set()
+                if run.stop.is_set():
+                    _terminate(proc, self.stop_grace_s)
+                    break
+                if checkpoint_uri and time.monotonic() - synced > CHECKPOINT_SYNC_S:
+                    storage.sync_up(layout["checkpoints"], checkpoint_uri, seen)
+                    synced = time.monotonic()
+                time.sleep(POLL_S)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                _terminate(proc, 0)
+            reader.join(timeout=10)
+            stream.flush()
+            logf.close()
+            if checkpoint_uri:
+                storage.sync_up(layout["checkpoints"], checkpoint_uri, seen)
+        return proc.returncode, list(tail)
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the job's process group, SIGKILL after ``grace_s`` (the service waits 120 s)."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _prepare_layout(root: Path) -> dict[str, Path]:
+    if root.exists():  # a folder left by an earlier emulator run (job names are unique within one)
+        shutil.rmtree(root)
+    layout = {"root": root, "config": root / "input" / "config", "data": root / "input" / "data",
+              "code": root / "code", "model": root / "model", "output": root / "output",
+              "output_data": root / "output" / "data", "checkpoints": root / "checkpoints"}
+    for key, path in layout.items():
+        if key != "code":
+            path.mkdir(parents=True, exist_ok=True)
+    return layout
+
+
+def _fetch_channels(config: list[dict[str, Any]], data_dir: Path) -> dict[str, Path]:
+    """Each channel into ``input/data/NAME``: copied from the local S3, or a link to a ``file://`` folder."""
+    channels = {}
+    for ch in config:
+        name = ch["ChannelName"]
+        source = (ch.get("DataSource") or {}).get("S3DataSource")
+        if not source:
+            raise ClientError(f"Channel {name}: the local SageMaker reads S3DataSource channels only.")
+        uri, dest = source["S3Uri"], data_dir / name
+        if uri.startswith("file://"):
+            folder = Path(uri[len("file://"):])
+            if not folder.is_dir():
+                raise ClientError(f"Data download failed: the folder {folder} of channel {name} does not exist.")
+            dest.symlink_to(folder.resolve(), target_is_directory=True)
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            if source.get("S3DataType", "S3Prefix") != "S3Prefix":
+                raise ClientError(f"Channel {name}: S3DataType {source['S3DataType']} is not supported locally.")
+            if storage.download_prefix(uri, dest) == 0:
+                raise ClientError(f'Data download failed:No S3 objects found under S3 URL "{uri}" given in input '
+                                  f"data source. Please ensure that the bucket exists and that objects exist "
+                                  "under that S3 prefix.")
+        channels[name] = dest
+    return channels
+
+
+def _write_config(params: dict[str, Any], layout: dict[str, Path], channels: Mapping[str, Path]) -> None:
+    res = params["ResourceConfig"]
+    hosts = [f"algo-{i + 1}" for i in range(int(res.get("InstanceCount", 1)))]
+    files = {
+        "hyperparameters.json": params.get("HyperParameters") or {},
+        "inputdataconfig.json": {c["ChannelName"]: {"TrainingInputMode": c.get("InputMode", "File"),
+                                                    "S3DistributionType": "FullyReplicated",
+                                                    "RecordWrapperType": "None"}
+                                 for c in params.get("InputDataConfig") or []},
+        "resourceconfig.json": {"current_host": hosts[0], "current_instance_type": res.get("InstanceType", "local"),
+                                "current_group_name": "homogeneousCluster", "hosts": hosts,
+                                "instance_groups": [{"instance_group_name": "homogeneousCluster",
+                                                     "instance_type": res.get("InstanceType", "local"),
+                                                     "hosts": hosts}],
+                                "network_interface_name": "eth0"},
+    }
+    for fname, content in files.items():
+        (layout["config"] / fname).write_text(json.dumps(content))
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links outside
+
+
+def _fetch_code(uri: str, dest: Path) -> None:
+    """``sagemaker_submit_directory`` into ``code/``: a tar.gz in S3 or on disk, or a folder on disk."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("s3://"):
+        archive = dest.parent / "sourcedir.tar.gz"
+        try:
+            archive.write_bytes(storage.read_object(uri))
+        except KeyError:
+            raise ClientError(f"The source archive {uri} does not exist.") from None
+        _extract(archive, dest)
+    else:
+        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+        if path.is_dir():
+            shutil.copytree(path, dest, dirs_exist_ok=True)
+        elif path.is_file():
+            _extract(path, dest)
+        else:
+            raise ClientError(f"The source directory {uri} does not exist.")
+
+
+def _python(*args: str) -> list[str]:
+    """This interpreter, unbuffered, without PYTHON* variables or user site-packages."""
+    return [sys.executable, "-u", "-E", "-s", *args]
+
+
+def _launcher(instance_count: int, script: list[str]) -> list[str]:
+    if instance_count <= 1:
+        return _python(*script)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return _python("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(instance_count),
+                   "--master-addr", "127.0.0.1", "--master-port", str(port), *script)
+
+
+def _container_command(params: dict[str, Any], name: str, arn: str, layout: dict[str, Path],
+                       channels: Mapping[str, Path]) -> tuple[list[str], Path, dict[str, str]]:
+    """The command, working folder and environment the training container would run the script with."""
+    raw = params.get("HyperParameters") or {}
+    count = int(params["ResourceConfig"].get("InstanceCount", 1))
+    user_channels = {k: v for k, v in channels.items() if k not in ("code", "sm_drivers")}
+    if "sm_drivers" in channels:  # SDK v3 ModelTrainer
+        drivers = channels["sm_drivers"]
+        source = _read_json(drivers / "sourcecode.json")
+        code = channels.get("code", layout["code"])
+        code.mkdir(parents=True, exist_ok=True)
+        src_dir = str(source.get("source_dir") or "")
+        if src_dir.endswith(".tar.gz"):
+            _extract(code / Path(src_dir).name, code)
+        hps = {k: json_or_str(v) for k, v in raw.items()}
+        entry = source.get("entry_script") or ""
+        if source.get("command"):
+            cmd = ["/bin/bash", "-c", " ".join(source["command"].split() +
+                                                [shlex.quote(str(a)) for a in source.get("args") or []])]
+        else:
+            if not entry:
+                raise ClientError("sourcecode.json names neither an entry script nor a command.")
+            cmd = _launcher(count, [entry, *driver_args(raw)])
+        extra = {"SM_SOURCE_DIR": str(code), "SM_ENTRY_SCRIPT": entry,
+                 "SM_DISTRIBUTED_DRIVER_DIR": str(drivers / "distributed_drivers")}
+    elif "sagemaker_program" in raw:  # the framework container (SDK v2, the AWS CLI)
+        program = str(json_or_str(raw["sagemaker_program"]))
+        submit = str(json_or_str(raw.get("sagemaker_submit_directory", "")))
+        code = layout["code"]
+        if submit:
+            _fetch_code(submit, code)
+        else:
+            code.mkdir(parents=True, exist_ok=True)
+        if not (code / program).is_file():
+            raise ClientError(f"The entry point {program} is not in the source directory {submit or '(none)'}.")
+        hps = toolkit_hyperparameters(raw)
+        cmd = _launcher(count, [program, *toolkit_args(hps)])
+        extra = {"SM_USER_ENTRY_POINT": program, "SM_MODULE_NAME": Path(program).stem, "SM_MODULE_DIR": submit,
+                 "SM_USER_ARGS": json.dumps(toolkit_args(hps))}
+    else:
+        raise ClientError("The local SageMaker runs script-mode jobs: set the hyperparameters sagemaker_program "
+                          "and sagemaker_submit_directory (SDK v2, the AWS CLI), or train with ModelTrainer and "
+                          "a SourceCode (SDK v3).")
+    _check_requirements(code / "requirements.txt", layout["root"] / "job.log")
+    hosts = [f"algo-{i + 1}" for i in range(count)]
+    res = params["ResourceConfig"]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "SM_", "PYTHON", "TRAINING_JOB_", "SAGEMAKER_"))}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    root = layout["root"]
+    paths = {"SM_MODEL_DIR": layout["model"], "SM_INPUT_DIR": root / "input", "SM_INPUT_DATA_DIR": layout["data"],
+             "SM_INPUT_CONFIG_DIR": layout["config"], "SM_OUTPUT_DIR": layout["output"],
+             "SM_OUTPUT_DATA_DIR": layout["output_data"], "SM_OUTPUT_FAILURE": layout["output"] / "failure",
+             "SM_CHECKPOINT_DIR": layout["checkpoints"], "SAGEMAKER_BASE_DIR": root}
+    env.update({k: str(v) for k, v in paths.items()})
+    env.update({
+        "TRAINING_JOB_NAME": name, "TRAINING_JOB_ARN": arn, "PYTHONUNBUFFERED": "1",
+        "SM_CHANNELS": json.dumps(sorted(user_channels)), "SM_HPS": json.dumps(hps), "SM_HOSTS": json.dumps(hosts),
+        "SM_CURRENT_HOST": hosts[0], "SM_CURRENT_INSTANCE_TYPE": res.get("InstanceType", "local"),
+        "SM_HOST_COUNT": str(count), "SM_NUM_GPUS": str(gpu_count()), "SM_NUM_CPUS": str(os.cpu_count() or 1),
+        "SM_NETWORK_INTERFACE_NAME": "eth0", "SM_LOG_LEVEL": "20",
+    })
+    for ch in user_channels:
+        env[f"SM_CHANNEL_{ch.upper()}"] = str(layout["data"] / ch)
+    for key, value in hps.items():
+        env[f"SM_HP_{key.replace('-', '_').upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env["SM_TRAINING_ENV"] = json.dumps({
+        "job_name": name, "hosts": hosts, "current_host": hosts[0], "num_gpus": int(env["SM_NUM_GPUS"]),
+        "num_cpus": int(env["SM_NUM_CPUS"]), "hyperparameters": hps, "model_dir": env["SM_MODEL_DIR"],
+        "output_data_dir": env["SM_OUTPUT_DATA_DIR"],
+        "channel_input_dirs": {c: env[f"SM_CHANNEL_{c.upper()}"] for c in user_channels}})
+    env.update(extra)
+    env.update({k: str(v) for k, v in (params.get("Environment") or {}).items()})
+    return cmd, code, env
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text() or "{}") if path.is_file() else {}
+    except ValueError:
+        raise ClientError(f"{path.name} in the sm_drivers channel is not valid JSON.") from None
+
+
+def _check_requirements(path: Path, job_log: Path) -> None:
+    """Say which pinned requirements this interpreter does not have at that version (the container installs them)."""
+    if not path.is_file():
+        return
+    from importlib import metadata
+
+    notes = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" not in line:
+            continue
+        pkg, _, want = line.partition("==")
+        try:
+            have = metadata.version(pkg.strip())
+        except metadata.PackageNotFoundError:
+            have = None
+        if have != want.strip():
+            notes.append(f"requirements.txt: {line} (here: {have or 'not installed'}; the container would install it)")
+    if notes:
+        with open(job_log, "a", encoding="utf-8") as f:
+            f.write("\n".join(notes) + "\n")
+
+
+def _output_uri(params: dict[str, Any], name: str, filename: str) -> str:
+    return f"{params['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{name}/output/{filename}"
+
+
+def _tar(folder: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        for item in sorted(folder.iterdir()) if folder.is_dir() else []:
+            tar.add(item, arcname=item.name)
+    return dest
+
+
+def _upload_artifacts(params: dict[str, Any], name: str, layout: dict[str, Path]) -> None:
+    """``model.tar.gz`` (the model folder) and ``output.tar.gz`` (output/data) under the job's output path."""
+    for folder, filename in ((layout["model"], "model.tar.gz"), (layout["output_data"], "output.tar.gz")):
+        archive = _tar(folder, layout["output"] / filename)
+        storage.upload_file(archive, _output_uri(params, name, filename))
