@@ -106,7 +106,8 @@ class LocalSageMaker:
     """The local SageMaker on a loopback port, started and stopped as a context manager.
 
     ``work_dir`` holds each job's folder (``emulator/training/NAME/``: the container's ``/opt/ml``).
-    ``port=0`` picks a free port. ``stop_grace_s`` is how long a stopped job has between SIGTERM and
+    ``port=0`` picks a free port. moto keeps its state per process: run one emulator per process at a time
+    (starting one begins with an empty account). ``stop_grace_s`` is how long a stopped job has between SIGTERM and
     SIGKILL (the service gives 120 s). Leaving the block stops every job it started and the server.
     """
 
@@ -124,7 +125,11 @@ class LocalSageMaker:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
+        from moto.moto_api._internal.models import moto_api_backend
+
         from helpers.emulator.training import TrainingJobs
+
+        moto_api_backend.reset()  # a fresh account: moto's state is per process, so one emulator at a time
 
         self.training = TrainingJobs(self.work_dir / "emulator" / "training", stop_grace_s=self.stop_grace_s)
         app = Gateway(DomainDispatcherApplication(create_backend_app), self.training.handlers())

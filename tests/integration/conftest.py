@@ -22,3 +22,13 @@ def sagemaker_env(aws_credentials, tmp_path):
         sess.sagemaker_client.meta.events.register(
             "before-parameter-build.sagemaker", lambda params, model, **kw: sent.append((model.name, dict(params))))
         yield cfg, sess, sent
+
+
+@pytest.fixture
+def local_sagemaker(tmp_path):
+    """The local SageMaker on a free loopback port, with a bucket; stopped (and its jobs ended) after the test."""
+    from helpers.emulator import LocalSageMaker
+
+    with LocalSageMaker(tmp_path / "work", stop_grace_s=2) as sm:
+        sm.client("s3").create_bucket(Bucket="sagebook-test")
+        yield sm

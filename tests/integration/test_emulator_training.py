@@ -1,0 +1,260 @@
+"""The local SageMaker's training jobs, driven with plain boto3 (and the AWS CLI) as a reader would drive the service."""
+
+import io
+import json
+import socket
+import tarfile
+import time
+import urllib.request
+
+import pytest
+from botocore.exceptions import ClientError
+
+from helpers import metrics, packaging
+
+pytestmark = pytest.mark.aws
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+BUCKET = "sagebook-test"
+
+ECHO = '''import json, os, sys
+print("argv", json.dumps(sys.argv[1:]))
+print("env", json.dumps({k: os.environ.get(k) for k in ("SM_HPS", "SM_CHANNEL_TRAIN", "SM_HOSTS", "SM_CURRENT_HOST",
+                                                            "TRAINING_JOB_NAME", "SM_NUM_GPUS", "MY_SETTING")}))
+print("train files", sorted(os.listdir(os.environ["SM_CHANNEL_TRAIN"])))
+for v in (0.5, 0.25):
+    print(f"loss={v}")
+open(os.path.join(os.environ["SM_MODEL_DIR"], "model.txt"), "w").write("weights")
+open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "extra.txt"), "w").write("extra")
+'''
+SILENT = "import time\ntime.sleep(600)\n"
+FAILING = "print('starting')\nraise ValueError('lr must be positive')\n"
+
+
+def write_script(folder, text, name="train.py"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder
+
+
+def put_tree(s3, folder, prefix):
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{f.relative_to(folder).as_posix()}", Body=f.read_bytes())
+    return f"s3://{BUCKET}/{prefix}"
+
+
+def put_sourcedir(s3, folder, key="code/sourcedir.tar.gz"):
+    """``sourcedir.tar.gz`` in S3, as the v2 SDK uploads a source_dir."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(folder.rglob("*")):
+            if "__pycache__" not in f.parts:
+                tar.add(f, arcname=f.relative_to(folder).as_posix())
+    s3.put_object(Bucket=BUCKET, Key=key, Body=buf.getvalue())
+    return f"s3://{BUCKET}/{key}"
+
+
+def job_request(name, submit, hps=None, channels=None, **extra):
+    """A CreateTrainingJob request with the framework container's contract (what the v2 SDK and CLI send)."""
+    return {
+        "TrainingJobName": name, "RoleArn": ROLE,
+        "AlgorithmSpecification": {"TrainingImage": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.6",
+                                   "TrainingInputMode": "File",
+                                   "MetricDefinitions": [{"Name": "loss", "Regex": r"loss=([0-9.]+)"}]},
+        "HyperParameters": {"sagemaker_program": json.dumps("train.py"), "sagemaker_submit_directory": json.dumps(submit),
+                            **{k: json.dumps(v) for k, v in (hps or {}).items()}},
+        "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/output"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+        **({"InputDataConfig": [{"ChannelName": c, "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                                                  "S3Uri": u}}}
+                                for c, u in channels.items()]} if channels else {}),
+        **extra}
+
+
+def wait(sm, name, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d = sm.describe_training_job(TrainingJobName=name)
+        if d["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+            return d
+        time.sleep(0.2)
+    raise AssertionError(f"{name} still {d['TrainingJobStatus']} after {timeout} s")
+
+
+def log_lines(local_sagemaker, name):
+    logs = local_sagemaker.client("logs")
+    streams = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=name)
+    return [e["message"] for s in streams["logStreams"] for e in logs.get_log_events(
+        logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=s["logStreamName"])["events"]]
+
+
+def read_tar(s3, key):
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+@pytest.fixture
+def clients(local_sagemaker):
+    return local_sagemaker.client("sagemaker"), local_sagemaker.client("s3")
+
+
+def test_framework_contract_job_completes_like_the_service(local_sagemaker, clients, tmp_path):
+    sm, s3 = clients
+    submit = put_sourcedir(s3, write_script(tmp_path / "src", ECHO))
+    data = put_tree(s3, write_script(tmp_path / "data", "x", "a.txt"), "data/train")
+    s3.put_object(Bucket=BUCKET, Key="data/train2/not-mine.txt", Body=b"x")  # a sibling prefix is not the channel
+    req = job_request("echo-1", submit, {"lr": 0.01, "debugger": True, "name": "abc"}, {"train": data},
+                      Environment={"MY_SETTING": "on"})
+    assert sm.create_training_job(**req)["TrainingJobArn"].endswith(":training-job/echo-1")
+    assert sm.describe_training_job(TrainingJobName="echo-1")["TrainingJobStatus"] == "InProgress"
+    d = wait(sm, "echo-1")
+    assert (d["TrainingJobStatus"], d["SecondaryStatus"]) == ("Completed", "Completed")
+    assert [t["Status"] for t in d["SecondaryStatusTransitions"]] == [
+        "Starting", "Downloading", "Training", "Uploading", "Completed"]
+    assert d["FinalMetricDataList"][0]["MetricName"] == "loss" and d["FinalMetricDataList"][0]["Value"] == 0.25
+    assert d["AlgorithmSpecification"]["MetricDefinitions"] == req["AlgorithmSpecification"]["MetricDefinitions"]
+    assert d["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{BUCKET}/output/echo-1/output/model.tar.gz"
+    assert d["TrainingTimeInSeconds"] >= 1 and d["TrainingEndTime"] >= d["TrainingStartTime"]
+    lines = log_lines(local_sagemaker, "echo-1")  # CloudWatch Logs, where the SDK streams them from
+    argv = json.loads(next(x for x in lines if x.startswith("argv "))[5:])
+    assert argv == ["--debugger", "True", "--lr", "0.01", "--name", "abc"]  # sorted, str() of the JSON value
+    env = json.loads(next(x for x in lines if x.startswith("env "))[4:])
+    assert json.loads(env["SM_HPS"]) == {"lr": 0.01, "debugger": True, "name": "abc"}  # no sagemaker_* keys
+    assert env["TRAINING_JOB_NAME"] == "echo-1" and env["SM_CURRENT_HOST"] == "algo-1"
+    assert json.loads(env["SM_HOSTS"]) == ["algo-1"] and env["MY_SETTING"] == "on"
+    assert "train files ['a.txt']" in lines
+    assert read_tar(s3, "output/echo-1/output/model.tar.gz") == {"model.txt": b"weights"}
+    assert read_tar(s3, "output/echo-1/output/output.tar.gz") == {"extra.txt": b"extra"}
+    summary = sm.list_training_jobs()["TrainingJobSummaries"]
+    assert [(j["TrainingJobName"], j["TrainingJobStatus"]) for j in summary] == [("echo-1", "Completed")]
+
+
+def test_sdk_v3_contract_runs_the_entry_script_from_the_code_channel(local_sagemaker, clients, tmp_path):
+    """ModelTrainer ships ``code`` and ``sm_drivers`` channels; sourcecode.json names the entry script."""
+    sm, s3 = clients
+    code = put_tree(s3, write_script(tmp_path / "code", ECHO), "v3/code")
+    drivers = tmp_path / "drivers"
+    drivers.mkdir()
+    (drivers / "sourcecode.json").write_text(json.dumps({"source_dir": str(tmp_path / "code"), "entry_script": "train.py",
+                                                         "requirements": None, "command": None}))
+    (drivers / "distributed.json").write_text("{}")
+    data = put_tree(s3, write_script(tmp_path / "data", "x", "a.txt"), "v3/train")
+    req = job_request("v3-1", "", channels={"train": data, "code": code,
+                                            "sm_drivers": put_tree(s3, drivers, "v3/sm_drivers")})
+    req["HyperParameters"] = {"lr": "0.01", "debugger": "true", "name": "abc"}  # ModelTrainer's safe_serialize
+    req["AlgorithmSpecification"].update(ContainerEntrypoint=["/bin/bash"], ContainerArguments=[
+        "-c", "chmod +x /opt/ml/input/data/sm_drivers/sm_train.sh && /opt/ml/input/data/sm_drivers/sm_train.sh"])
+    sm.create_training_job(**req)
+    assert wait(sm, "v3-1")["TrainingJobStatus"] == "Completed"
+    lines = log_lines(local_sagemaker, "v3-1")
+    assert json.loads(next(x for x in lines if x.startswith("argv "))[5:]) == [
+        "--lr", "0.01", "--debugger", "true", "--name", "abc"]  # request order, JSON for non-strings
+
+
+def test_file_channels_are_read_in_place(local_sagemaker, clients, tmp_path):
+    sm, s3 = clients
+    data = write_script(tmp_path / "data", "x", "big.bin")
+    sm.create_training_job(**job_request("file-1", f"file://{write_script(tmp_path / 'src', ECHO)}",
+                                         channels={"train": f"file://{data}"}))
+    assert wait(sm, "file-1")["TrainingJobStatus"] == "Completed"
+    channel = tmp_path / "work" / "emulator" / "training" / "file-1" / "input" / "data" / "train"
+    assert channel.is_symlink() and channel.resolve() == data.resolve()
+
+
+def test_script_error_fails_the_job_with_its_last_error_line(clients, tmp_path):
+    sm, s3 = clients
+    sm.create_training_job(**job_request("bad-1", put_sourcedir(s3, write_script(tmp_path / "src", FAILING))))
+    d = wait(sm, "bad-1")
+    assert (d["TrainingJobStatus"], d["SecondaryStatus"]) == ("Failed", "Failed")
+    assert 'ErrorMessage "ValueError: lr must be positive"' in d["FailureReason"]
+    assert "ModelArtifacts" not in d
+
+
+def test_missing_channel_data_is_a_client_error(clients, tmp_path):
+    sm, s3 = clients
+    sm.create_training_job(**job_request("nodata-1", put_sourcedir(s3, write_script(tmp_path / "src", ECHO)),
+                                         channels={"train": f"s3://{BUCKET}/nothing/here"}))
+    d = wait(sm, "nodata-1")
+    assert d["TrainingJobStatus"] == "Failed" and d["FailureReason"].startswith("ClientError: Data download failed")
+
+
+def test_stop_training_job_ends_a_silent_job(clients, tmp_path):
+    sm, s3 = clients
+    sm.create_training_job(**job_request("silent-1", put_sourcedir(s3, write_script(tmp_path / "src", SILENT))))
+    deadline = time.monotonic() + 30
+    while sm.describe_training_job(TrainingJobName="silent-1")["SecondaryStatus"] != "Training":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    started = time.monotonic()
+    sm.stop_training_job(TrainingJobName="silent-1")
+    assert sm.describe_training_job(TrainingJobName="silent-1")["TrainingJobStatus"] in ("Stopping", "Stopped")
+    d = wait(sm, "silent-1", timeout=30)
+    assert (d["TrainingJobStatus"], d["SecondaryStatus"]) == ("Stopped", "Stopped")
+    assert time.monotonic() - started < 10  # SIGTERM ends it; it printed nothing
+    assert "model.tar.gz" in d["ModelArtifacts"]["S3ModelArtifacts"]  # the service uploads what a stopped job saved
+    with pytest.raises(ClientError, match="ValidationException"):
+        sm.stop_training_job(TrainingJobName="silent-1")
+
+
+def test_max_runtime_stops_a_silent_job(clients, tmp_path):
+    sm, s3 = clients
+    sm.create_training_job(**job_request("slow-1", put_sourcedir(s3, write_script(tmp_path / "src", SILENT)),
+                                         StoppingCondition={"MaxRuntimeInSeconds": 2}))
+    d = wait(sm, "slow-1", timeout=30)
+    assert (d["TrainingJobStatus"], d["SecondaryStatus"]) == ("Stopped", "MaxRuntimeExceeded")
+    assert d["TrainingTimeInSeconds"] < 8
+
+
+def test_bad_requests_get_the_services_errors_and_the_server_survives(local_sagemaker, clients, tmp_path):
+    sm, s3 = clients
+    req = job_request("dup-1", put_sourcedir(s3, write_script(tmp_path / "src", "print('loss=0.1')\n")))
+    sm.create_training_job(**req)
+    with pytest.raises(ClientError) as e:
+        sm.create_training_job(**req)
+    assert e.value.response["Error"]["Code"] == "ResourceInUse"
+    with pytest.raises(ClientError) as e:
+        sm.describe_training_job(TrainingJobName="no-such-job")
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    for body in (b'{"TrainingJobName": 3}', b"not json", b"[]"):  # what botocore would never send
+        raw = urllib.request.Request(local_sagemaker.endpoint_url, data=body, method="POST", headers={
+            "X-Amz-Target": "SageMaker.CreateTrainingJob", "Content-Type": "application/x-amz-json-1.1"})
+        with pytest.raises(urllib.error.HTTPError) as http:
+            urllib.request.urlopen(raw, timeout=10)
+        assert http.value.code == 400 and json.loads(http.value.read())["__type"] == "ValidationException"
+    assert wait(sm, "dup-1")["TrainingJobStatus"] == "Completed"
+
+
+@pytest.mark.slow
+def test_staged_entry_point_trains_and_shared_checkpoint_uri_does_not_mix_jobs(local_sagemaker, clients,
+                                                                              synthetic_root, tmp_path):
+    """Two jobs with other hyperparameters on one CheckpointConfig.S3Uri both complete (each restores the other's)."""
+    sm, s3 = clients
+    submit = put_sourcedir(s3, packaging.stage_source_dir(tmp_path / "src"))
+    data = {s: put_tree(s3, synthetic_root / s, f"data/{s}") for s in ("train", "valid")}
+    ckpt = f"s3://{BUCKET}/checkpoints"
+    for name, lr in (("tiny-1", 0.01), ("tiny-2", 0.05)):
+        req = job_request(name, submit, {"image_size": 32, "batch_size": 8, "epochs": 1, "lr": lr}, data,
+                          CheckpointConfig={"S3Uri": ckpt})
+        req["AlgorithmSpecification"]["MetricDefinitions"] = metrics.metric_definitions()
+        sm.create_training_job(**req)
+        d = wait(local_sagemaker.client("sagemaker"), name)
+        assert d["TrainingJobStatus"] == "Completed", d.get("FailureReason")
+        assert {m["MetricName"] for m in d["FinalMetricDataList"]} >= {"train:loss", "valid:accuracy"}
+        assert {"model.pth", "model_config.json"} <= set(read_tar(s3, f"output/{name}/output/model.tar.gz"))
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/")["Contents"]]
+    assert keys == ["checkpoints/tiny-1/checkpoint.pt", "checkpoints/tiny-2/checkpoint.pt"]
+    restored = tmp_path / "work" / "emulator" / "training" / "tiny-2" / "checkpoints" / "tiny-1" / "checkpoint.pt"
+    assert restored.is_file()  # the service restores the whole URI into every job that names it
+
+
+def test_emulator_serves_on_its_port_and_stops(tmp_path):
+    from helpers.emulator import LocalSageMaker
+
+    with LocalSageMaker(tmp_path) as sm:
+        port = sm.port
+        assert sm.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens once it stopped

@@ -1,0 +1,38 @@
+"""How the local SageMaker hands hyperparameters, metrics and failures to and from a training script."""
+
+from helpers.emulator import training
+
+
+def test_framework_container_decodes_json_drops_sagemaker_keys_and_sorts():
+    raw = {"sagemaker_program": '"train.py"', "lr": "0.01", "debugger": "true", "name": '"abc"', "plain": "abc",
+           "b": "2", "opts": '{"y": 1, "x": 2}'}
+    hps = training.toolkit_hyperparameters(raw)
+    assert hps == {"lr": 0.01, "debugger": True, "name": "abc", "plain": "abc", "b": 2, "opts": {"y": 1, "x": 2}}
+    # str() of the decoded value, as sagemaker-training passes it: true -> True, dicts as k=v pairs
+    assert training.toolkit_args(hps) == ["-b", "2", "--debugger", "True", "--lr", "0.01", "--name", "abc",
+                                          "--opts", "x=2,y=1", "--plain", "abc"]
+
+
+def test_sdk_v3_driver_keeps_order_and_json_encodes_non_strings():
+    raw = {"lr": "0.01", "debugger": "true", "name": "abc", "opts": '{"x": 2}'}
+    assert training.driver_args(raw) == ["--lr", "0.01", "--debugger", "true", "--name", "abc",
+                                         "--opts", '{"x": 2}']
+
+
+def test_metrics_come_from_the_jobs_own_definitions():
+    rx = training.metric_regexes([{"Name": "valid:accuracy", "Regex": r"split=valid .*accuracy=([0-9.]+)"},
+                                  {"Name": "broken", "Regex": r"loss=(\S+)"}])
+    assert training.parse_metrics("#metrics split=valid epoch=1 loss=nan? accuracy=0.75", rx) == [
+        ("valid:accuracy", 0.75)]  # a group that is not a number is skipped, as the service skips it
+    assert training.parse_metrics("nothing here", rx) == []
+
+
+def test_failure_reason_names_the_last_error_line(tmp_path):
+    lines = ["epoch 1", "Traceback (most recent call last):", '  File "train.py", line 3', "ValueError: lr must be > 0",
+             "exit"]
+    reason = training.failure_reason(1, lines, ["python", "train.py", "--lr", "-1"], tmp_path / "failure")
+    assert reason.startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode 1")
+    assert 'ErrorMessage "ValueError: lr must be > 0"' in reason and "--lr -1" in reason
+    (tmp_path / "failure").write_text("my own reason")
+    assert training.failure_reason(1, lines, ["python"], tmp_path / "failure") == "my own reason"
+    assert len(training.failure_reason(1, ["E" * 5000], ["python"], tmp_path / "none")) == 1024
