@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+AWSCLI := $(VENV)/awscli
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND ?= Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -11,10 +12,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: book test venv lock clean strip
 
 # The venv is (re)installed when it is missing or when the dependency files change.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt constraints-awscli.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt pip setuptools wheel
 	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e ".[test]"
+	@# The AWS CLI (v1) in its own folder: its docutils pin conflicts with Sphinx. Run it as
+	@# PYTHONPATH=$(AWSCLI) $(PY) -m awscli ...
+	rm -rf $(AWSCLI) && $(PY) -m pip install --quiet --no-deps --target $(AWSCLI) -r constraints-awscli.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -35,6 +39,9 @@ lock:
 	{ echo "# Exact versions of everything the project installs (pip freeze --all of a fresh .venv)."; \
 	  echo "# Regenerate with: make lock"; \
 	  /tmp/sagebook-lock/bin/pip freeze --all --exclude-editable | grep -v '^-e' | sort -f; } > constraints.txt
+	rm -rf /tmp/sagebook-awscli && /tmp/sagebook-lock/bin/pip install --quiet --target /tmp/sagebook-awscli awscli
+	{ head -2 constraints-awscli.txt; /tmp/sagebook-lock/bin/pip freeze --path /tmp/sagebook-awscli | sort -f; } \
+	  > constraints-awscli.txt.new && mv constraints-awscli.txt.new constraints-awscli.txt
 
 ## Remove notebook outputs (they are never committed).
 strip: $(STAMP)

@@ -258,3 +258,29 @@ def test_emulator_serves_on_its_port_and_stops(tmp_path):
         assert sm.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens once it stopped
+
+
+def test_aws_cli_creates_describes_lists_and_stops_training_jobs(aws_cli, clients, tmp_path):
+    """The AWS CLI examples work unchanged with ``--endpoint-url``."""
+    sm, s3 = clients
+    submit = put_sourcedir(s3, write_script(tmp_path / "src", "print('loss=0.125')\n"))
+    request = tmp_path / "job.json"
+    request.write_text(json.dumps(job_request("cli-1", submit)))
+    assert aws_cli("sagemaker", "create-training-job", "--cli-input-json", f"file://{request}")["TrainingJobArn"]
+    deadline = time.monotonic() + 60
+    while (d := aws_cli("sagemaker", "describe-training-job", "--training-job-name", "cli-1"))[
+            "TrainingJobStatus"] == "InProgress":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert d["TrainingJobStatus"] == "Completed" and d["FinalMetricDataList"][0]["Value"] == 0.125
+    request.write_text(json.dumps(job_request("cli-2", put_sourcedir(s3, write_script(tmp_path / "slow", SILENT),
+                                                                     "code/slow.tar.gz"))))
+    aws_cli("sagemaker", "create-training-job", "--cli-input-json", f"file://{request}")
+    while aws_cli("sagemaker", "describe-training-job", "--training-job-name", "cli-2")["SecondaryStatus"] != "Training":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    aws_cli("sagemaker", "stop-training-job", "--training-job-name", "cli-2")
+    assert wait(sm, "cli-2", timeout=30)["TrainingJobStatus"] == "Stopped"
+    names = {j["TrainingJobName"]: j["TrainingJobStatus"]
+             for j in aws_cli("sagemaker", "list-training-jobs")["TrainingJobSummaries"]}
+    assert names == {"cli-1": "Completed", "cli-2": "Stopped"}
