@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from typing import Any, Callable, Mapping
 from helpers.fileio import atomic_write_json
 from helpers.metrics import parse_line
 from helpers.packaging import stage_source_dir
+from helpers.serving import free_port
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,6 @@ def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:
     for k, v in hyperparameters.items():
         args += [f"--{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
     return args
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sm_environment(job_dir: Path, channels: Mapping[str, str | os.PathLike[str]], hyperparameters: Mapping[str, Any],
@@ -181,7 +175,7 @@ def run_local_job(
     script = ["train.py", *hyperparameter_args(hyperparameters)]
     if instance_count > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
-               str(instance_count), "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *script]
+               str(instance_count), "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *script]
     else:
         cmd = [sys.executable, *script]
     log.info("job %s: %s", name, " ".join(cmd))

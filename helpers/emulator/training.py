@@ -496,13 +496,10 @@ def _python(*args: str) -> list[str]:
 def _launcher(instance_count: int, script: list[str]) -> list[str]:
     if instance_count <= 1:
         return _python(*script)
-    import socket
+    from helpers.serving import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     return _python("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(instance_count),
-                   "--master-addr", "127.0.0.1", "--master-port", str(port), *script)
+                   "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *script)
 
 
 def _container_command(params: dict[str, Any], name: str, arn: str, layout: dict[str, Path],

@@ -284,3 +284,14 @@ def test_aws_cli_creates_describes_lists_and_stops_training_jobs(aws_cli, client
     names = {j["TrainingJobName"]: j["TrainingJobStatus"]
              for j in aws_cli("sagemaker", "list-training-jobs")["TrainingJobSummaries"]}
     assert names == {"cli-1": "Completed", "cli-2": "Stopped"}
+
+
+def test_instance_count_runs_one_process_per_instance_under_torchrun(local_sagemaker, clients, tmp_path):
+    sm, s3 = clients
+    script = "import os\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], os.environ['SM_HOSTS'])\n"
+    req = job_request("multi-1", put_sourcedir(s3, write_script(tmp_path / "src", script)))
+    req["ResourceConfig"]["InstanceCount"] = 2
+    sm.create_training_job(**req)
+    assert wait(sm, "multi-1", timeout=120)["TrainingJobStatus"] == "Completed"
+    ranks = sorted(x for x in log_lines(local_sagemaker, "multi-1") if x.startswith("rank "))
+    assert ranks == ['rank 0 of 2 ["algo-1", "algo-2"]', 'rank 1 of 2 ["algo-1", "algo-2"]']
