@@ -119,6 +119,7 @@ class LocalSageMaker:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.training: Any = None
+        self.tuning: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "LocalSageMaker":
@@ -128,11 +129,14 @@ class LocalSageMaker:
         from moto.moto_api._internal.models import moto_api_backend
 
         from helpers.emulator.training import TrainingJobs
+        from helpers.emulator.tuning import TuningJobs
 
         moto_api_backend.reset()  # a fresh account: moto's state is per process, so one emulator at a time
 
         self.training = TrainingJobs(self.work_dir / "emulator" / "training", stop_grace_s=self.stop_grace_s)
-        app = Gateway(DomainDispatcherApplication(create_backend_app), self.training.handlers())
+        self.tuning = TuningJobs(self.training)
+        app = Gateway(DomainDispatcherApplication(create_backend_app),
+                      {**self.training.handlers(), **self.tuning.handlers()})
         class QuietHandler(MotoRequestHandler):
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request on stderr
                 pass
@@ -146,6 +150,8 @@ class LocalSageMaker:
 
     def stop(self) -> None:
         """Stop every running job (their processes end), then the server."""
+        if self.tuning is not None:
+            self.tuning.shutdown()
         if self.training is not None:
             self.training.shutdown()
         if self._server is not None:

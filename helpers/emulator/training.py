@@ -207,6 +207,7 @@ class TrainingJobs:
                                f"region, and a training job with this name already exists "
                                f"({backend.training_jobs[name].arn})")
             original = copy.deepcopy(params)
+            params = copy.deepcopy(params)  # moto changes what it is given (its metric definitions)
             job = backend.create_training_job(
                 training_job_name=name, hyper_parameters=params.get("HyperParameters") or {},
                 algorithm_specification=params["AlgorithmSpecification"], role_arn=params["RoleArn"],
