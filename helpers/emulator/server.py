@@ -34,6 +34,10 @@ def validation_error(message: str) -> AwsError:
 
 
 Handler = Callable[[dict[str, Any], str], dict[str, Any]]
+#: ``(endpoint name, region, body, headers) -> (status, headers, body)``: the runtime's InvokeEndpoint.
+Runtime = Callable[[str, str, bytes, dict[str, str]], tuple[int, dict[str, str], bytes]]
+_INVOCATIONS = re.compile(r"^/endpoints/([^/]+)/invocations$")
+_FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
 
 
 class Gateway:
@@ -44,8 +48,8 @@ class Gateway:
     ``InternalFailure`` (HTTP 500) and the server keeps serving.
     """
 
-    def __init__(self, moto_app: Callable, handlers: dict[str, Handler]) -> None:
-        self.moto_app, self.handlers = moto_app, handlers
+    def __init__(self, moto_app: Callable, handlers: dict[str, Handler], runtime: Runtime | None = None) -> None:
+        self.moto_app, self.handlers, self.runtime = moto_app, handlers, runtime
         self._model = None
 
     def _operation(self, name: str) -> Any:
@@ -63,6 +67,11 @@ class Gateway:
             raise validation_error(report.generate_report())
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+        invocation = _INVOCATIONS.match(environ.get("PATH_INFO", ""))
+        if (self.runtime is not None and invocation and environ.get("REQUEST_METHOD") == "POST"
+                and scope and scope.group(2) == "sagemaker"):
+            return self._invoke(environ, start_response, invocation.group(1), scope.group(1))
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         service, _, operation = target.partition(".")
         handler = self.handlers.get(operation) if service == "SageMaker" else None
@@ -95,6 +104,31 @@ class Gateway:
         return [data]
 
 
+    def _invoke(self, environ: dict[str, Any], start_response: Callable, name: str, region: str) -> Iterable[bytes]:
+        """The runtime's InvokeEndpoint (rest-json: errors named by the ``x-amzn-ErrorType`` header)."""
+        from urllib.parse import unquote
+
+        assert self.runtime is not None
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        headers = {h: environ[f"HTTP_{h.upper().replace('-', '_')}"] for h in _FORWARDED
+                   if f"HTTP_{h.upper().replace('-', '_')}" in environ}
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        try:
+            status, out, data = self.runtime(unquote(name), region, body, headers)
+        except AwsError as e:
+            status, data = e.status, json.dumps({"message": e.message, **getattr(e, "fields", {})}).encode()
+            out = {"Content-Type": "application/json", "x-amzn-ErrorType": e.code}
+        except Exception as e:  # noqa: BLE001 - the server must survive any request
+            log.exception("InvokeEndpoint %s failed", name)
+            status, data = 500, json.dumps({"message": f"{type(e).__name__}: {e}"}).encode()
+            out = {"Content-Type": "application/json", "x-amzn-ErrorType": "InternalFailure"}
+        start_response(f"{status} {'OK' if status == 200 else 'Error'}",
+                       [*out.items(), ("Content-Length", str(len(data))), ("x-amzn-RequestId", os.urandom(16).hex())])
+        return [data]
+
+
 def _json_default(value: Any) -> Any:
     """Timestamps as epoch seconds, as the JSON protocol sends them."""
     if isinstance(value, datetime):
@@ -120,6 +154,7 @@ class LocalSageMaker:
         self._thread: threading.Thread | None = None
         self.training: Any = None
         self.tuning: Any = None
+        self.endpoints: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "LocalSageMaker":
@@ -128,6 +163,7 @@ class LocalSageMaker:
 
         from moto.moto_api._internal.models import moto_api_backend
 
+        from helpers.emulator.hosting import Endpoints
         from helpers.emulator.training import TrainingJobs
         from helpers.emulator.tuning import TuningJobs
 
@@ -135,8 +171,10 @@ class LocalSageMaker:
 
         self.training = TrainingJobs(self.work_dir / "emulator" / "training", stop_grace_s=self.stop_grace_s)
         self.tuning = TuningJobs(self.training)
+        self.endpoints = Endpoints(self.work_dir / "emulator" / "endpoints")
         app = Gateway(DomainDispatcherApplication(create_backend_app),
-                      {**self.training.handlers(), **self.tuning.handlers()})
+                      {**self.training.handlers(), **self.tuning.handlers(), **self.endpoints.handlers()},
+                      runtime=self.endpoints.invoke)
         class QuietHandler(MotoRequestHandler):
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request on stderr
                 pass
@@ -149,7 +187,9 @@ class LocalSageMaker:
         return self
 
     def stop(self) -> None:
-        """Stop every running job (their processes end), then the server."""
+        """Stop every model server and running job (their processes end), then the server."""
+        if self.endpoints is not None:
+            self.endpoints.shutdown()
         if self.tuning is not None:
             self.tuning.shutdown()
         if self.training is not None:
