@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import shutil
 import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import unquote
 
 from helpers.emulator import storage
-from helpers.emulator.server import ACCOUNT_ID, AwsError, validation_error
+from helpers.emulator.server import ACCOUNT_ID, AwsError, Request, Route, validation_error
 from helpers.emulator.training import now
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD = 6 * 1024 * 1024  # 6,291,456 bytes: the runtime's limit for a real-time request
 INVOCATION_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 300.0
+FORWARDED = ("Content-Type", "Accept", "X-Amzn-Sagemaker-Custom-Attributes")  # headers the container receives
 
 
 @dataclass
@@ -163,6 +166,13 @@ class Endpoints:
             hosted.endpoint.last_modified_time = now()
 
     # -- runtime ---------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return [Route("sagemaker", "POST", re.compile(r"^/endpoints/([^/]+)/invocations$"), self._invoke_route)]
+
+    def _invoke_route(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
+        return self.invoke(unquote(request.match.group(1)), request.region, request.body, headers)
+
     def invoke(self, name: str, region: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """What the runtime answers to ``InvokeEndpoint``; raises :class:`InvocationError` as the runtime errs."""
         hosted = self.hosted.get((region, name))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -34,22 +36,56 @@ def validation_error(message: str) -> AwsError:
 
 
 Handler = Callable[[dict[str, Any], str], dict[str, Any]]
-#: ``(endpoint name, region, body, headers) -> (status, headers, body)``: the runtime's InvokeEndpoint.
-Runtime = Callable[[str, str, bytes, dict[str, str]], tuple[int, dict[str, str], bytes]]
-_INVOCATIONS = re.compile(r"^/endpoints/([^/]+)/invocations$")
-_FORWARDED = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+
+
+@dataclass
+class Request:
+    """A REST request a route handles: what it asked, and a way to hand it to moto unchanged."""
+
+    method: str
+    path: str
+    match: re.Match[str]
+    region: str
+    headers: dict[str, str]
+    body: bytes
+    environ: dict[str, Any]
+    moto_app: Callable
+
+    def forward(self) -> tuple[int, dict[str, str], bytes]:
+        """moto's answer to this request."""
+        environ = {**self.environ, "wsgi.input": io.BytesIO(self.body), "CONTENT_LENGTH": str(len(self.body))}
+        status: list[Any] = []
+        chunks = self.moto_app(environ, lambda s, h, exc_info=None: status.extend([s, h]))
+        body = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        return int(status[0].split()[0]), dict(status[1]), body
+
+
+#: ``(request) -> (status, headers, body)``: a REST operation executed here (errors: raise AwsError).
+RouteHandler = Callable[[Request], tuple[int, dict[str, str], bytes]]
+
+
+@dataclass(frozen=True)
+class Route:
+    service: str  # the signing name in the request's credential scope
+    method: str
+    pattern: re.Pattern[str]
+    handler: RouteHandler
 
 
 class Gateway:
-    """WSGI application: ``SageMaker.<Operation>`` requests with a handler here run here; the rest go to moto.
+    """WSGI application: what has an executor here runs here; everything else goes to moto.
 
-    Requests are validated against botocore's model of the operation first, so a raw client gets the
-    service's ``ValidationException`` instead of a traceback; a handler's unexpected error is an
-    ``InternalFailure`` (HTTP 500) and the server keeps serving.
+    - ``SageMaker.<Operation>`` (JSON protocol) requests with a handler, validated against botocore's
+      model of the operation first, so a raw client gets the service's ``ValidationException``;
+    - REST :class:`Route` s: the runtime's ``InvokeEndpoint``, Lambda's ``Invoke`` ...
+
+    A handler's unexpected error is an ``InternalFailure`` (HTTP 500), and the server keeps serving.
     """
 
-    def __init__(self, moto_app: Callable, handlers: dict[str, Handler], runtime: Runtime | None = None) -> None:
-        self.moto_app, self.handlers, self.runtime = moto_app, handlers, runtime
+    def __init__(self, moto_app: Callable, handlers: dict[str, Handler], routes: list[Route] = ()) -> None:
+        self.moto_app, self.handlers, self.routes = moto_app, handlers, list(routes)
         self._model = None
 
     def _operation(self, name: str) -> Any:
@@ -68,20 +104,18 @@ class Gateway:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-        invocation = _INVOCATIONS.match(environ.get("PATH_INFO", ""))
-        if (self.runtime is not None and invocation and environ.get("REQUEST_METHOD") == "POST"
-                and scope and scope.group(2) == "sagemaker"):
-            return self._invoke(environ, start_response, invocation.group(1), scope.group(1))
-        target = environ.get("HTTP_X_AMZ_TARGET", "")
-        service, _, operation = target.partition(".")
+        region, signed_for = (scope.group(1), scope.group(2)) if scope else (DEFAULT_REGION, "")
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        for route in self.routes:
+            m = route.pattern.match(path)
+            if m and route.method == method and route.service == signed_for:
+                return self._rest(route, m, region, environ, start_response)
+        service, _, operation = environ.get("HTTP_X_AMZ_TARGET", "").partition(".")
         handler = self.handlers.get(operation) if service == "SageMaker" else None
         if handler is None:
             return self.moto_app(environ, start_response)
-        m = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-        region = m.group(1) if m else DEFAULT_REGION
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            raw = environ["wsgi.input"].read(length) if length else b""
+            raw = _read_body(environ)
             try:
                 params = json.loads(raw or b"{}")
             except ValueError:
@@ -96,37 +130,43 @@ class Gateway:
             log.exception("%s failed", operation)
             status, body = 500, {"__type": "InternalFailure", "message": f"{type(e).__name__}: {e}"}
         data = json.dumps(body, default=_json_default).encode()
-        headers = [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(data))),
-                   ("x-amzn-RequestId", os.urandom(16).hex())]
+        headers = {"Content-Type": "application/x-amz-json-1.1"}
         if status >= 400:
-            headers.append(("x-amzn-ErrorType", body["__type"]))
-        start_response(f"{status} {'OK' if status == 200 else 'Error'}", headers)
-        return [data]
+            headers["x-amzn-ErrorType"] = body["__type"]
+        return _respond(start_response, status, headers, data)
 
-
-    def _invoke(self, environ: dict[str, Any], start_response: Callable, name: str, region: str) -> Iterable[bytes]:
-        """The runtime's InvokeEndpoint (rest-json: errors named by the ``x-amzn-ErrorType`` header)."""
-        from urllib.parse import unquote
-
-        assert self.runtime is not None
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
-        headers = {h: environ[f"HTTP_{h.upper().replace('-', '_')}"] for h in _FORWARDED
-                   if f"HTTP_{h.upper().replace('-', '_')}" in environ}
+    def _rest(self, route: Route, match: re.Match[str], region: str, environ: dict[str, Any],
+              start_response: Callable) -> Iterable[bytes]:
+        """A rest-json operation: errors are named by the ``x-amzn-ErrorType`` header, with JSON bodies."""
+        body = _read_body(environ)
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
+        request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), match, region, headers, body,
+                          environ, self.moto_app)
         try:
-            status, out, data = self.runtime(unquote(name), region, body, headers)
+            status, out, data = route.handler(request)
         except AwsError as e:
             status, data = e.status, json.dumps({"message": e.message, **getattr(e, "fields", {})}).encode()
             out = {"Content-Type": "application/json", "x-amzn-ErrorType": e.code}
         except Exception as e:  # noqa: BLE001 - the server must survive any request
-            log.exception("InvokeEndpoint %s failed", name)
+            log.exception("%s %s failed", request.method, request.path)
             status, data = 500, json.dumps({"message": f"{type(e).__name__}: {e}"}).encode()
             out = {"Content-Type": "application/json", "x-amzn-ErrorType": "InternalFailure"}
-        start_response(f"{status} {'OK' if status == 200 else 'Error'}",
-                       [*out.items(), ("Content-Length", str(len(data))), ("x-amzn-RequestId", os.urandom(16).hex())])
-        return [data]
+        return _respond(start_response, status, out, data)
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    return environ["wsgi.input"].read(length) if length else b""
+
+
+def _respond(start_response: Callable, status: int, headers: dict[str, str], data: bytes) -> list[bytes]:
+    reason = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content"}.get(status, "Error")
+    headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+    start_response(f"{status} {reason}", [*headers.items(), ("Content-Length", str(len(data))),
+                                          ("x-amzn-RequestId", os.urandom(16).hex())])
+    return [data]
 
 
 def _json_default(value: Any) -> Any:
@@ -174,7 +214,7 @@ class LocalSageMaker:
         self.endpoints = Endpoints(self.work_dir / "emulator" / "endpoints")
         app = Gateway(DomainDispatcherApplication(create_backend_app),
                       {**self.training.handlers(), **self.tuning.handlers(), **self.endpoints.handlers()},
-                      runtime=self.endpoints.invoke)
+                      routes=self.endpoints.routes())
         class QuietHandler(MotoRequestHandler):
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request on stderr
                 pass
