@@ -182,12 +182,14 @@ class LocalSageMaker:
     ``work_dir`` holds each job's folder (``emulator/training/NAME/``: the container's ``/opt/ml``).
     ``port=0`` picks a free port. moto keeps its state per process: run one emulator per process at a time
     (starting one begins with an empty account). ``stop_grace_s`` is how long a stopped job has between SIGTERM and
-    SIGKILL (the service gives 120 s). Leaving the block stops every job it started and the server.
+    SIGKILL (the service gives 120 s); ``lambda_pending_s`` how long a new function stays ``Pending``.
+    Leaving the block stops every job, model server and function process it started, then the server.
     """
 
     def __init__(self, work_dir: str | os.PathLike[str] = ".work", *, port: int = 0, host: str = "127.0.0.1",
-                 stop_grace_s: float = 120.0) -> None:
+                 stop_grace_s: float = 120.0, lambda_pending_s: float = 1.0) -> None:
         self.work_dir = Path(work_dir).resolve()
+        self.lambda_pending_s = lambda_pending_s
         self.host, self.port = host, port
         self.stop_grace_s = stop_grace_s
         self._server: Any = None
@@ -195,6 +197,7 @@ class LocalSageMaker:
         self.training: Any = None
         self.tuning: Any = None
         self.endpoints: Any = None
+        self.functions: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "LocalSageMaker":
@@ -204,6 +207,7 @@ class LocalSageMaker:
         from moto.moto_api._internal.models import moto_api_backend
 
         from helpers.emulator.hosting import Endpoints
+        from helpers.emulator.lambdas import Functions
         from helpers.emulator.training import TrainingJobs
         from helpers.emulator.tuning import TuningJobs
 
@@ -212,9 +216,11 @@ class LocalSageMaker:
         self.training = TrainingJobs(self.work_dir / "emulator" / "training", stop_grace_s=self.stop_grace_s)
         self.tuning = TuningJobs(self.training)
         self.endpoints = Endpoints(self.work_dir / "emulator" / "endpoints")
+        self.functions = Functions(self.work_dir / "emulator" / "lambda", lambda: self.endpoint_url,
+                                   pending_s=self.lambda_pending_s)
         app = Gateway(DomainDispatcherApplication(create_backend_app),
                       {**self.training.handlers(), **self.tuning.handlers(), **self.endpoints.handlers()},
-                      routes=self.endpoints.routes())
+                      routes=self.endpoints.routes() + self.functions.routes())
         class QuietHandler(MotoRequestHandler):
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request on stderr
                 pass
@@ -228,6 +234,8 @@ class LocalSageMaker:
 
     def stop(self) -> None:
         """Stop every model server and running job (their processes end), then the server."""
+        if self.functions is not None:
+            self.functions.shutdown()
         if self.endpoints is not None:
             self.endpoints.shutdown()
         if self.tuning is not None:

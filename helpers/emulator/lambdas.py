@@ -1,0 +1,286 @@
+"""Lambda functions on the local SageMaker: moto keeps them, the emulator runs them.
+
+- ``CreateFunction`` stores the zip (moto) and the function starts ``Pending``; it becomes ``Active``
+  after ``pending_s`` seconds, as on the service (wait with boto3's ``function_active_v2`` waiter).
+  ``Invoke`` on a ``Pending`` function is refused with ``ResourceConflictException``, as there.
+- ``Invoke`` runs the handler from the zip in its own process (this interpreter, ``-E -s``, the code
+  folder as working directory, as ``/var/task``), with the function's environment plus Lambda's own
+  variables. A process serves one invocation at a time and stays warm for the next, like an execution
+  environment; concurrent invocations start more (at most :data:`MAX_CONCURRENCY` per function).
+  ``AWS_ENDPOINT_URL`` points the handler's boto3 clients at this emulator.
+- An exception in the handler is answered as the service answers it: status 200 with
+  ``X-Amz-Function-Error: Unhandled`` and ``errorMessage``/``errorType``/``stackTrace``; so are a
+  result that is not JSON (``Runtime.MarshalError``) and a run past the function's ``Timeout``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from helpers.emulator.server import ACCOUNT_ID, CREDENTIALS, AwsError, Request, Route
+
+log = logging.getLogger(__name__)
+
+MAX_CONCURRENCY = 10  # execution environments per function (the account default is 1,000)
+API = "/2015-03-31/functions"
+
+#: The runtime loop in the function's process: import the handler once, then one JSON line in, one out.
+RUNTIME = r'''
+import importlib, json, sys, time, traceback
+out, sys.stdout = sys.stdout, sys.stderr  # what the handler prints goes to the log
+module, _, function = sys.argv[1].rpartition(".")
+try:
+    handler, init_error = getattr(importlib.import_module(module), function), None
+except Exception as e:
+    handler = None
+    init_error = {"errorMessage": f"Unable to import module '{module}': {e}", "errorType": "Runtime.ImportModuleError",
+                  "stackTrace": []}
+class Context:
+    def __init__(self, r):
+        self.function_name, self.function_version = r["function_name"], "$LATEST"
+        self.invoked_function_arn, self.memory_limit_in_mb = r["arn"], r["memory"]
+        self.aws_request_id = r["request_id"]
+        self.log_group_name, self.log_stream_name = "/aws/lambda/" + r["function_name"], r["log_stream"]
+        self._deadline = time.time() + r["timeout"]
+    def get_remaining_time_in_millis(self):
+        return max(0, int((self._deadline - time.time()) * 1000))
+out.write('{"ready": true}\n')
+out.flush()
+for line in sys.stdin:
+    r = json.loads(line)
+    if init_error:
+        resp = {"error": init_error}
+    else:
+        try:
+            result = handler(r["event"], Context(r))
+            try:
+                resp = {"result": json.loads(json.dumps(result))}
+            except (TypeError, ValueError) as e:
+                resp = {"error": {"errorMessage": f"Unable to marshal response: {e}", "errorType": "Runtime.MarshalError",
+                                  "stackTrace": []}}
+        except Exception as e:
+            resp = {"error": {"errorMessage": str(e), "errorType": type(e).__name__,
+                              "stackTrace": traceback.format_tb(e.__traceback__)}}
+    out.write(json.dumps(resp) + "\n")
+    out.flush()
+'''
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen
+    sha: str
+
+
+@dataclass
+class _Pool:
+    idle: list[_Worker] = field(default_factory=list)
+    busy: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Functions:
+    """Lambda's CreateFunction (state), Invoke (executed) and DeleteFunction (its processes end)."""
+
+    def __init__(self, root: Path, endpoint_url: Callable[[], str], *, pending_s: float = 1.0) -> None:
+        self.root = Path(root)
+        self.endpoint_url = endpoint_url
+        self.pending_s = pending_s
+        self.pools: dict[tuple[str, str], _Pool] = {}
+        self._timers: list[threading.Timer] = []
+
+    def routes(self) -> list[Route]:
+        name = r"([^/]+)"
+        return [Route("lambda", "POST", re.compile(rf"^{API}/?$"), self._create),
+                Route("lambda", "POST", re.compile(rf"^{API}/{name}/invocations$"), self._invoke),
+                Route("lambda", "DELETE", re.compile(rf"^{API}/{name}/?$"), self._delete)]
+
+    @staticmethod
+    def backend(region: str) -> Any:
+        from moto.awslambda.models import lambda_backends
+
+        return lambda_backends[ACCOUNT_ID][region]
+
+    def _function(self, name: str, region: str) -> Any:
+        try:
+            return self.backend(region).get_function(name)
+        except Exception:  # noqa: BLE001 - moto's UnknownFunctionException
+            raise AwsError("ResourceNotFoundException", f"Function not found: arn:aws:lambda:{region}:{ACCOUNT_ID}:"
+                           f"function:{name}", 404) from None
+
+    # -- control plane ---------------------------------------------------------------------------
+    def _create(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        status, headers, body = request.forward()
+        if status != 201:
+            return status, headers, body
+        config = json.loads(body)
+        fn = self._function(config["FunctionName"], request.region)
+        fn.state = "Pending"
+        config.update(State="Pending", StateReason="The function is being created.", StateReasonCode="Creating")
+        timer = threading.Timer(self.pending_s, lambda: setattr(fn, "state", "Active"))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+        return status, headers, json.dumps(config).encode()
+
+    def _delete(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        answer = request.forward()
+        if answer[0] < 300:
+            self._stop_pool(self.pools.pop((request.region, request.match.group(1)), None))
+        return answer
+
+    def shutdown(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        for key in list(self.pools):
+            self._stop_pool(self.pools.pop(key))
+
+    @staticmethod
+    def _stop_pool(pool: _Pool | None) -> None:
+        if pool is None:
+            return
+        with pool.lock:
+            workers, pool.idle = pool.idle, []
+        for w in workers:
+            _end(w.proc)
+
+    # -- Invoke ----------------------------------------------------------------------------------
+    def _invoke(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        name = request.match.group(1).split(":")[-1] if request.match.group(1).startswith("arn:") \
+            else request.match.group(1)
+        fn = self._function(name, request.region)
+        if fn.state != "Active":
+            raise AwsError("ResourceConflictException", "The operation cannot be performed at this time. The function "
+                           f"is currently in the following state: {fn.state}", 409)
+        kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        try:
+            event = json.loads(request.body or b"{}")
+        except ValueError:
+            raise AwsError("InvalidRequestContentException", "Could not parse request body into json: the payload "
+                           "is not valid JSON.", 400) from None
+        if kind == "DryRun":
+            return 204, {}, b""
+        if kind == "Event":
+            threading.Thread(target=self.run, args=(fn, request.region, event), daemon=True).start()
+            return 202, {}, b""
+        payload, error = self.run(fn, request.region, event)
+        headers = {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST"}
+        if error:
+            headers["X-Amz-Function-Error"] = "Unhandled"
+        return 200, headers, json.dumps(payload).encode()
+
+    def run(self, fn: Any, region: str, event: Any) -> tuple[Any, bool]:
+        """Run the handler on ``event`` in a warm process: ``(payload, is_error)``."""
+        pool = self.pools.setdefault((region, fn.function_name), _Pool())
+        worker = self._acquire(pool, fn, region)
+        request_id = str(uuid.uuid4())
+        line = json.dumps({"event": event, "function_name": fn.function_name, "arn": fn.function_arn,
+                           "memory": int(fn.memory_size or 128), "request_id": request_id,
+                           "log_stream": f"{datetime.now(timezone.utc):%Y/%m/%d}/[$LATEST]{worker.proc.pid}",
+                           "timeout": float(fn.timeout or 3)})
+        keep = False
+        try:
+            assert worker.proc.stdin is not None and worker.proc.stdout is not None
+            worker.proc.stdin.write(line + "\n")
+            worker.proc.stdin.flush()
+            ready, _, _ = select.select([worker.proc.stdout], [], [], float(fn.timeout or 3))
+            if not ready:
+                stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                return {"errorMessage": f"{stamp} {request_id} Task timed out after {float(fn.timeout or 3):.2f} "
+                                        "seconds"}, True
+            answer = worker.proc.stdout.readline()
+            if not answer:
+                return {"errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: exit status "
+                                        f"{worker.proc.wait()}", "errorType": "Runtime.ExitError"}, True
+            keep = True
+            resp = json.loads(answer)
+            return (resp["error"], True) if "error" in resp else (resp["result"], False)
+        except (BrokenPipeError, OSError) as e:
+            return {"errorMessage": f"RequestId: {request_id} Error: Runtime exited: {e}",
+                    "errorType": "Runtime.ExitError"}, True
+        finally:
+            with pool.lock:
+                pool.busy -= 1
+                if keep and worker.proc.poll() is None and worker.sha == fn.code_sha_256:
+                    pool.idle.append(worker)
+                    worker = None  # type: ignore[assignment]
+            if worker is not None:
+                _end(worker.proc)
+
+    def _acquire(self, pool: _Pool, fn: Any, region: str) -> _Worker:
+        with pool.lock:
+            while pool.idle:
+                w = pool.idle.pop()
+                if w.proc.poll() is None and w.sha == fn.code_sha_256:
+                    pool.busy += 1
+                    return w
+                _end(w.proc)  # old code, or ended
+            if pool.busy >= MAX_CONCURRENCY:
+                raise AwsError("TooManyRequestsException", "Rate Exceeded.", 429)
+            pool.busy += 1
+        try:
+            return self._start(fn, region)
+        except BaseException:
+            with pool.lock:
+                pool.busy -= 1
+            raise
+
+    def _start(self, fn: Any, region: str) -> _Worker:
+        code = self.root / fn.function_name / fn.code_sha_256.replace("/", "_").replace("+", "-")[:16]
+        if not code.is_dir():
+            tmp = code.with_name(code.name + f".{os.getpid()}.{threading.get_ident()}")
+            with zipfile.ZipFile(io.BytesIO(fn.code_bytes)) as z:
+                z.extractall(tmp)  # zipfile drops absolute paths and '..'
+            try:
+                tmp.rename(code)
+            except OSError:  # another invocation extracted it first
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTHON", "SM_", "SAGEMAKER_"))}
+        env.update({str(k): str(v) for k, v in (fn.environment_vars or {}).items()})
+        env.update({"AWS_LAMBDA_FUNCTION_NAME": fn.function_name, "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size or 128), "AWS_REGION": region,
+                    "AWS_DEFAULT_REGION": region, "AWS_ENDPOINT_URL": self.endpoint_url(), "LAMBDA_TASK_ROOT": str(code),
+                    "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.function_name}", **CREDENTIALS})
+        log_file = open(code.parent / "function.log", "a", encoding="utf-8")
+        proc = subprocess.Popen([sys.executable, "-u", "-E", "-s", "-c", RUNTIME, fn.handler], cwd=code, env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True)
+        log_file.close()
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        if not ready or not proc.stdout.readline():
+            _end(proc)
+            raise AwsError("ServiceException", f"The function's runtime did not start (see {code.parent / 'function.log'})",
+                           500)
+        return _Worker(proc, fn.code_sha_256)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+

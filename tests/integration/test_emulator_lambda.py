@@ -1,0 +1,113 @@
+"""Lambda on the local SageMaker: Pending then Active, handlers run from their zip in warm processes."""
+
+import io
+import json
+import time
+import zipfile
+
+import pytest
+from botocore.exceptions import ClientError
+
+from helpers import serverless
+
+pytestmark = pytest.mark.aws
+
+HANDLER = '''import json, os, time
+def lambda_handler(event, context):
+    if event.get("fail"):
+        raise ValueError("bad event: " + event["fail"])
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("unserializable"):
+        return {"when": object()}
+    return {"event": event, "pid": os.getpid(), "env": os.environ.get("ENDPOINT_NAME"),
+            "name": context.function_name, "left_ms": context.get_remaining_time_in_millis(),
+            "endpoint_url": os.environ.get("AWS_ENDPOINT_URL")}
+'''
+
+
+def zipped(**files):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return buf.getvalue()
+
+
+def role(local_sagemaker):
+    iam = local_sagemaker.client("iam")
+    return iam.create_role(RoleName="fn-role", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                                                "Action": "sts:AssumeRole"}]}))["Role"]["Arn"]
+
+
+def invoke(lam, name, event):
+    resp = lam.invoke(FunctionName=name, Payload=json.dumps(event))
+    return resp.get("FunctionError"), json.loads(resp["Payload"].read())
+
+
+@pytest.fixture
+def function(local_sagemaker):
+    lam = local_sagemaker.client("lambda")
+    created = lam.create_function(FunctionName="echo", Runtime="python3.12", Role=role(local_sagemaker),
+                                  Handler="lambda_function.lambda_handler", Timeout=2,
+                                  Code={"ZipFile": zipped(**{"lambda_function.py": HANDLER})},
+                                  Environment={"Variables": {"ENDPOINT_NAME": "ep-1"}})
+    assert created["State"] == "Pending"
+    with pytest.raises(ClientError) as e:  # as on a fresh account: wait before the first invoke
+        lam.invoke(FunctionName="echo", Payload=b"{}")
+    assert e.value.response["Error"]["Code"] == "ResourceConflictException"
+    lam.get_waiter("function_active_v2").wait(FunctionName="echo", WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    assert lam.get_function(FunctionName="echo")["Configuration"]["State"] == "Active"
+    return lam
+
+
+def test_invoke_runs_the_handler_from_the_zip_with_its_environment(local_sagemaker, function):
+    error, out = invoke(function, "echo", {"x": 1})
+    assert error is None and out["event"] == {"x": 1} and out["env"] == "ep-1" and out["name"] == "echo"
+    assert 0 < out["left_ms"] <= 2000 and out["endpoint_url"] == local_sagemaker.endpoint_url
+    _, again = invoke(function, "echo", {"x": 2})
+    assert again["pid"] == out["pid"]  # a warm execution environment serves the next invocation
+
+
+def test_handler_errors_timeouts_and_unserializable_results_are_function_errors(function):
+    error, out = invoke(function, "echo", {"fail": "no image"})
+    assert error == "Unhandled" and out["errorType"] == "ValueError" and out["errorMessage"] == "bad event: no image"
+    assert out["stackTrace"]
+    error, out = invoke(function, "echo", {"unserializable": True})
+    assert error == "Unhandled" and out["errorType"] == "Runtime.MarshalError"
+    started = time.monotonic()
+    error, out = invoke(function, "echo", {"sleep": 10})
+    assert error == "Unhandled" and "Task timed out after 2.00 seconds" in out["errorMessage"]
+    assert time.monotonic() - started < 6
+    assert invoke(function, "echo", {"x": 3})[0] is None  # a new environment after the timeout
+
+
+def test_delete_function_ends_its_processes(local_sagemaker, function):
+    _, out = invoke(function, "echo", {})
+    proc = local_sagemaker.functions.pools[("us-east-1", "echo")].idle[0].proc
+    assert proc.pid == out["pid"] and proc.poll() is None
+    function.delete_function(FunctionName="echo")
+    assert proc.wait(timeout=10) is not None
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        function.invoke(FunctionName="echo", Payload=b"{}")
+
+
+@pytest.mark.slow
+def test_the_books_lambda_function_calls_an_emulated_endpoint(local_sagemaker, trained_model, test_image, tmp_path):
+    """Chapter 5's path: lambda_function.py from its zip, calling InvokeEndpoint on the local SageMaker."""
+    from tests.integration.test_emulator_hosting import create_endpoint, put_model, wait_endpoint
+
+    sm = local_sagemaker.client("sagemaker")
+    create_endpoint(sm, "ep-1", put_model(local_sagemaker.client("s3"), trained_model, tmp_path))
+    assert wait_endpoint(sm, "ep-1")["EndpointStatus"] == "InService"
+    lam = local_sagemaker.client("lambda")
+    lam.create_function(FunctionName="classifier", Runtime="python3.12", Role=role(local_sagemaker),
+                        Handler="lambda_function.lambda_handler", Timeout=30, Code={"ZipFile": serverless.package_zip()},
+                        Environment={"Variables": {"ENDPOINT_NAME": "ep-1"}})
+    lam.get_waiter("function_active_v2").wait(FunctionName="classifier", WaiterConfig={"Delay": 1})
+    error, out = invoke(lam, "classifier", serverless.direct_event(test_image, "image/jpeg"))
+    assert error is None and out["statusCode"] == 200, out
+    assert json.loads(out["body"])["predictions"][0]["top_k"]
+    error, out = invoke(lam, "classifier", {"body": "not an image", "headers": {"Content-Type": "text/plain"}})
+    assert error is None and 400 <= out["statusCode"] < 500  # the endpoint's ModelError, mapped by the handler
