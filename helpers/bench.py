@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -298,6 +299,7 @@ def run_all(quick: bool = False) -> dict[str, list[dict[str, Any]]]:
                                  worker_counts=(1,) if quick else (1, 2)),
         "overhead": bench_overhead(cfg, 2 if quick else 3, 1 if quick else 3),
         "hardware": bench_hardware(cfg.backbone, TRAIN_IMAGE_SIZE),
+        "emulator": bench_emulator(None, 3 if quick else 7, 12 if quick else 48),
         "chapters": chapter_times(),
     }
 
@@ -375,6 +377,107 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
     return rows
 
 
+#: The entry point the emulator benchmark runs: what a job costs beyond the script's own work.
+_TINY_ENTRY_POINT = """import os
+print("#metrics split=valid epoch=1 loss=0.5 accuracy=0.5")
+open(os.path.join(os.environ["SM_MODEL_DIR"], "model.txt"), "w").write("weights")
+"""
+
+
+def bench_emulator(model_dir: Path | None, jobs: int = 5, requests: int = 48) -> list[dict[str, Any]]:
+    """What the local SageMaker adds: per training job (vs the entry point run directly) and per invocation.
+
+    The job runs a tiny entry point, so what remains is the emulator's own work: fetching the code and a
+    channel, the environment, log streaming, artifacts. The invocation compares boto3's
+    ``invoke_endpoint`` straight to the model server with the same call through the emulator's runtime.
+    Direct and emulated runs alternate.
+    """
+    import io
+    import statistics
+    import subprocess
+    import tarfile
+
+    from helpers.emulator import LocalSageMaker
+    from helpers.packaging import package_model
+    from helpers.serving import runtime_client
+
+    with tempfile.TemporaryDirectory(prefix="sagebook-bench-") as tmp:
+        work = Path(tmp)
+        model_dir = model_dir or _quick_model(work / "quick")
+        src = work / "src"
+        src.mkdir()
+        (src / "train.py").write_text(_TINY_ENTRY_POINT)
+        direct_s, job_s = [], []
+        with LocalSageMaker(work / "emulator") as sm:
+            s3, smc = sm.client("s3"), sm.client("sagemaker")
+            s3.create_bucket(Bucket="sagebook-bench")
+            for i in range(50):  # a channel of 50 small files
+                s3.put_object(Bucket="sagebook-bench", Key=f"data/train/c/{i}.png", Body=b"\0" * 4096)
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+                tar.add(src / "train.py", arcname="train.py")
+            s3.put_object(Bucket="sagebook-bench", Key="code/sourcedir.tar.gz", Body=buf.getvalue())
+            for i in range(jobs):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-u", "-E", "-s", "train.py"], cwd=src, check=True,
+                               capture_output=True, env={**os.environ, "SM_MODEL_DIR": str(work)})
+                direct_s.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                smc.create_training_job(
+                    TrainingJobName=f"bench-{i}", RoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+                    AlgorithmSpecification={"TrainingImage": "pytorch-training", "TrainingInputMode": "File",
+                                            "MetricDefinitions": [{"Name": "valid:loss", "Regex": r"loss=([0-9.]+)"}]},
+                    HyperParameters={"sagemaker_program": '"train.py"',
+                                     "sagemaker_submit_directory": '"s3://sagebook-bench/code/sourcedir.tar.gz"'},
+                    InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
+                        "S3DataType": "S3Prefix", "S3Uri": "s3://sagebook-bench/data/train"}}}],
+                    OutputDataConfig={"S3OutputPath": "s3://sagebook-bench/output"},
+                    ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
+                    StoppingCondition={"MaxRuntimeInSeconds": 300})
+                smc.get_waiter("training_job_completed_or_stopped").wait(
+                    TrainingJobName=f"bench-{i}", WaiterConfig={"Delay": 0.05, "MaxAttempts": 6000})
+                job_s.append(time.perf_counter() - t0)
+            archive = package_model(model_dir, work / "model.tar.gz")
+            s3.put_object(Bucket="sagebook-bench", Key="model.tar.gz", Body=archive.read_bytes())
+            smc.create_model(ModelName="bench", ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+                             PrimaryContainer={"Image": "pytorch-inference",
+                                               "ModelDataUrl": "s3://sagebook-bench/model.tar.gz"})
+            smc.create_endpoint_config(EndpointConfigName="bench", ProductionVariants=[{
+                "VariantName": "AllTraffic", "ModelName": "bench", "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large"}])
+            smc.create_endpoint(EndpointName="bench", EndpointConfigName="bench")
+            smc.get_waiter("endpoint_in_service").wait(EndpointName="bench", WaiterConfig={"Delay": 0.2})
+            server = sm.endpoints.hosted[("us-east-1", "bench")].server
+            clients = {"direct": runtime_client(server.endpoint_url), "emulator": sm.client("sagemaker-runtime")}
+            image = _jpeg(json.loads((Path(model_dir) / "model_config.json").read_text())["preprocessing"]["image_size"])
+            ms: dict[str, list[float]] = {"direct": [], "emulator": []}
+            for i in range(requests + 4):
+                for how, client in clients.items():
+                    t0 = time.perf_counter()
+                    client.invoke_endpoint(EndpointName="bench", Body=image, ContentType="image/jpeg")["Body"].read()
+                    if i >= 4:  # after a warm-up
+                        ms[how].append(1e3 * (time.perf_counter() - t0))
+    rows = []
+    d, e = 1e3 * statistics.median(direct_s), 1e3 * statistics.median(job_s)
+    rows.append({"measure": "training job (tiny entry point, 50-file channel)", "direct_ms": d, "emulator_ms": e,
+                 "added_ms": e - d, "n": jobs})
+    d, e = statistics.median(ms["direct"]), statistics.median(ms["emulator"])
+    rows.append({"measure": "invoke_endpoint p50 (same model server)", "direct_ms": d, "emulator_ms": e,
+                 "added_ms": e - d, "n": requests})
+    return rows
+
+
+def _jpeg(size: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
 def findings(results: dict[str, Any], judge: bool = True) -> list[str]:
     """What the numbers of one :func:`run_all` (or ``--json``) result say, each against its target.
 
@@ -423,6 +526,13 @@ def findings(results: dict[str, Any], judge: bool = True) -> list[str]:
         lines.append(f"Hardware: the seed-style step reaches {100 * seed['share_of_limit']:.0f}% of the measured "
                      f"{seed['precision']} matmul throughput, ours {100 * ours['share_of_limit']:.0f}% of the "
                      f"{ours['precision']} one, {ours['gflop_per_s'] / seed['gflop_per_s']:.1f}x the GFLOP/s.")
+    emu = results.get("emulator") or []
+    if len(emu) == 2:
+        job, call = emu
+        lines.append(f"The local SageMaker adds {job['added_ms'] / 1e3:.2f} s per training job "
+                     f"({job['emulator_ms'] / 1e3:.2f} s vs {job['direct_ms'] / 1e3:.2f} s for the entry point run "
+                     f"directly) and {call['added_ms']:.1f} ms per invocation (p50 {call['emulator_ms']:.1f} ms vs "
+                     f"{call['direct_ms']:.1f} ms straight to the model server).")
     chapters = results.get("chapters") or []
     if chapters:
         total = chapters[-1]["seconds"]
@@ -484,6 +594,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serving", help="handler floor vs local endpoint latency and throughput")
     sv.add_argument("--model-dir", help="a trained model folder (default: a small model trained on the spot)")
     sv.add_argument("--requests", type=int, default=48)
+    em = sub.add_parser("emulator", help="what the local SageMaker adds per training job and per invocation")
+    em.add_argument("--jobs", type=int, default=7)
+    em.add_argument("--requests", type=int, default=48)
     p.add_argument("--json", help="also write the results as JSON to this file")
     return p
 
@@ -499,6 +612,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"quick": args.quick, "machine": machine(), **results}, indent=2,
                                                   default=str))
+        return 0
+    if args.what == "emulator":
+        rows = bench_emulator(None, args.jobs, args.requests)
+        print("The local SageMaker vs running the entry point, or calling the model server, directly:")
+        print_table(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"emulator": rows}, indent=2))
         return 0
     if args.what == "serving":
         rows = bench_serving(Path(args.model_dir) if args.model_dir else None, args.requests)

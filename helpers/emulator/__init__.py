@@ -16,6 +16,12 @@ Lambda, Application Auto Scaling, and the rest of SageMaker's control plane). Th
   with channels from the local S3 (or ``file://`` folders), checkpoints restored and uploaded as on
   the service, logs in CloudWatch Logs, metrics from the job's ``MetricDefinitions``, artifacts
   uploaded under the output path, and ``StopTrainingJob`` and ``MaxRuntimeInSeconds`` honoured.
+- ``tuning``: the tuning strategy runs here (Bayesian with Optuna's TPE, Random, Grid); trials are
+  training jobs; ``TrainingJobEarlyStoppingType="Auto"`` applies the median rule.
+- ``hosting``: an endpoint starts a model server from its ``model.tar.gz`` and is ``InService`` once
+  it answers ``/ping``; ``InvokeEndpoint`` has the runtime's semantics (``ModelError`` 424 ...).
+- ``lambdas``: functions go from ``Pending`` to ``Active``; ``Invoke`` runs the handler from its zip
+  in warm processes, with the function's environment.
 
 What it cannot be is said where it differs (:mod:`helpers.emulator.training`).
 """

@@ -379,7 +379,10 @@ class TrainingJobs:
                 if checkpoint_uri and time.monotonic() - synced > CHECKPOINT_SYNC_S:
                     storage.sync_up(layout["checkpoints"], checkpoint_uri, seen)
                     synced = time.monotonic()
-                time.sleep(POLL_S)
+                try:
+                    proc.wait(timeout=POLL_S)  # returns as soon as the script ends
+                except subprocess.TimeoutExpired:
+                    pass
             proc.wait()
         finally:
             if proc.poll() is None:

@@ -111,3 +111,26 @@ def test_the_books_lambda_function_calls_an_emulated_endpoint(local_sagemaker, t
     assert json.loads(out["body"])["predictions"][0]["top_k"]
     error, out = invoke(lam, "classifier", {"body": "not an image", "headers": {"Content-Type": "text/plain"}})
     assert error is None and 400 <= out["statusCode"] < 500  # the endpoint's ModelError, mapped by the handler
+
+
+def test_autoscaling_registrations_and_policies_are_stored_as_the_service_stores_them(local_sagemaker):
+    """Application Auto Scaling for an endpoint variant (moto's own store, reached through the emulator)."""
+    aas = local_sagemaker.client("application-autoscaling")
+    resource = "endpoint/ep-1/variant/AllTraffic"
+    dimension = "sagemaker:variant:DesiredInstanceCount"
+    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=dimension,
+                                 MinCapacity=1, MaxCapacity=3)
+    aas.put_scaling_policy(PolicyName="invocations", ServiceNamespace="sagemaker", ResourceId=resource,
+                           ScalableDimension=dimension, PolicyType="TargetTrackingScaling",
+                           TargetTrackingScalingPolicyConfiguration={
+                               "TargetValue": 70.0, "ScaleOutCooldown": 30, "ScaleInCooldown": 120,
+                               "PredefinedMetricSpecification": {
+                                   "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}})
+    target = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]
+    assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == (resource, 1, 3)
+    policy = aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0]
+    assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 70.0
+    aas.delete_scaling_policy(PolicyName="invocations", ServiceNamespace="sagemaker", ResourceId=resource,
+                              ScalableDimension=dimension)
+    aas.deregister_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=dimension)
+    assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
