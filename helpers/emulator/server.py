@@ -72,6 +72,7 @@ class Route:
     method: str
     pattern: re.Pattern[str]
     handler: RouteHandler
+    action: str | None = None  # Query-protocol APIs (IAM): the form's ``Action``, all on ``POST /``
 
 
 class Gateway:
@@ -109,6 +110,8 @@ class Gateway:
         for route in self.routes:
             m = route.pattern.match(path)
             if m and route.method == method and route.service == signed_for:
+                if route.action is not None and _query_action(environ) != route.action:
+                    continue
                 return self._rest(route, m, region, environ, start_response)
         service, _, operation = environ.get("HTTP_X_AMZ_TARGET", "").partition(".")
         handler = self.handlers.get(operation) if service == "SageMaker" else None
@@ -157,8 +160,19 @@ class Gateway:
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    return environ["wsgi.input"].read(length) if length else b""
+    """The request body; read once, and left readable for whoever handles the request next (moto)."""
+    if "sagebook.body" not in environ:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        environ["sagebook.body"] = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(environ["sagebook.body"])
+    return environ["sagebook.body"]
+
+
+def _query_action(environ: dict[str, Any]) -> str | None:
+    from urllib.parse import parse_qs
+
+    values = parse_qs(_read_body(environ).decode("utf-8", errors="replace")).get("Action")
+    return values[0] if values else None
 
 
 def _respond(start_response: Callable, status: int, headers: dict[str, str], data: bytes) -> list[bytes]:
@@ -206,11 +220,16 @@ class LocalSageMaker:
 
         from moto.moto_api._internal.models import moto_api_backend
 
+        from helpers.emulator import iam
         from helpers.emulator.hosting import Endpoints
         from helpers.emulator.lambdas import Functions
         from helpers.emulator.training import TrainingJobs
         from helpers.emulator.tuning import TuningJobs
 
+        from moto.core.config import default_user_config
+
+        # An account has AWS's managed policies (AmazonSageMakerFullAccess ...) to attach to roles.
+        default_user_config.setdefault("iam", {})["load_aws_managed_policies"] = True
         moto_api_backend.reset()  # a fresh account: moto's state is per process, so one emulator at a time
 
         self.training = TrainingJobs(self.work_dir / "emulator" / "training", stop_grace_s=self.stop_grace_s)
@@ -220,7 +239,7 @@ class LocalSageMaker:
                                    pending_s=self.lambda_pending_s)
         app = Gateway(DomainDispatcherApplication(create_backend_app),
                       {**self.training.handlers(), **self.tuning.handlers(), **self.endpoints.handlers()},
-                      routes=self.endpoints.routes() + self.functions.routes())
+                      routes=self.endpoints.routes() + self.functions.routes() + iam.routes())
         class QuietHandler(MotoRequestHandler):
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request on stderr
                 pass
