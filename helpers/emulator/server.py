@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
+from xml.sax.saxutils import escape as xml_escape
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ DEFAULT_REGION = "us-east-1"
 #: Credentials any client may use against the emulator (it accepts every key, as moto does).
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
+#: Services whose protocol is rest-json (their errors are JSON, named by a header).
+JSON_REST_SERVICES = ("lambda", "sagemaker", "execute-api", "apigateway")
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
 
 
@@ -116,7 +119,7 @@ class Gateway:
         service, _, operation = environ.get("HTTP_X_AMZ_TARGET", "").partition(".")
         handler = self.handlers.get(operation) if service == "SageMaker" else None
         if handler is None:
-            return self.moto_app(environ, start_response)
+            return self._moto(environ, start_response, signed_for)
         try:
             raw = _read_body(environ)
             try:
@@ -136,6 +139,25 @@ class Gateway:
         headers = {"Content-Type": "application/x-amz-json-1.1"}
         if status >= 400:
             headers["x-amzn-ErrorType"] = body["__type"]
+        return _respond(start_response, status, headers, data)
+
+    def _moto(self, environ: dict[str, Any], start_response: Callable, service: str) -> Iterable[bytes]:
+        """moto's answer; an operation moto lacks is a clear ``NotImplemented`` error, never a traceback."""
+        try:
+            return self.moto_app(environ, start_response)
+        except NotImplementedError as e:
+            status, code, message = 501, "NotImplemented", f"The local SageMaker does not implement this: {e}"
+        except Exception as e:  # noqa: BLE001 - the server must survive any request
+            log.warning("moto failed on %s %s: %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                        type(e).__name__, e)
+            status, code, message = 500, "InternalFailure", f"{type(e).__name__}: {e}"
+        if environ.get("HTTP_X_AMZ_TARGET") or service in JSON_REST_SERVICES:
+            data = json.dumps({"__type": code, "message": message}).encode()
+            headers = {"Content-Type": "application/json", "x-amzn-ErrorType": code}
+        else:  # the XML protocols (S3, IAM, STS ...)
+            data = (f"<ErrorResponse><Error><Type>Receiver</Type><Code>{code}</Code><Message>{xml_escape(message)}"
+                    f"</Message></Error><RequestId>{os.urandom(16).hex()}</RequestId></ErrorResponse>").encode()
+            headers = {"Content-Type": "text/xml"}
         return _respond(start_response, status, headers, data)
 
     def _rest(self, route: Route, match: re.Match[str], region: str, environ: dict[str, Any],
@@ -176,7 +198,7 @@ def _query_action(environ: dict[str, Any]) -> str | None:
 
 
 def _respond(start_response: Callable, status: int, headers: dict[str, str], data: bytes) -> list[bytes]:
-    reason = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content"}.get(status, "Error")
+    reason = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 501: "Not Implemented"}.get(status, "Error")
     headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
     start_response(f"{status} {reason}", [*headers.items(), ("Content-Length", str(len(data))),
                                           ("x-amzn-RequestId", os.urandom(16).hex())])

@@ -295,3 +295,36 @@ def test_instance_count_runs_one_process_per_instance_under_torchrun(local_sagem
     assert wait(sm, "multi-1", timeout=120)["TrainingJobStatus"] == "Completed"
     ranks = sorted(x for x in log_lines(local_sagemaker, "multi-1") if x.startswith("rank "))
     assert ranks == ['rank 0 of 2 ["algo-1", "algo-2"]', 'rank 1 of 2 ["algo-1", "algo-2"]']
+
+
+def test_an_operation_moto_lacks_is_a_clear_error_and_the_server_survives(local_sagemaker, clients, capfd):
+    iam = local_sagemaker.client("iam")
+    with pytest.raises(ClientError) as e:
+        iam.simulate_custom_policy(PolicyInputList=["{}"], ActionNames=["s3:GetObject"])
+    assert e.value.response["Error"]["Code"] == "NotImplemented"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+    assert "Traceback" not in capfd.readouterr().err  # no stack trace on the server's stderr either
+    assert clients[0].list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_python_m_helpers_emulator_serves_until_sigterm(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import boto3
+
+    proc = subprocess.Popen([sys.executable, "-m", "helpers.emulator", "--port", "0", "--work-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
+        sm = boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        assert sm.list_training_jobs()["TrainingJobSummaries"] == []
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
