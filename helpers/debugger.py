@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -23,23 +23,42 @@ TENSORS_DIR = "tensors"
 COLLECTIONS = ("losses", "gradients", "weights", "biases", "relu_input", "labels", "predictions")
 
 
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Instrumentation:
-    """What the training script records besides the model: the Debugger hook and the profiler."""
+    """What the training script records besides the model: the Debugger hook and the profiler.
 
-    debugger: bool = False
-    train_save_interval: int = 100
-    eval_save_interval: int = 10
-    profiler: bool = False
-    profiler_interval_ms: int = 500
-    profile_skip: int = 5
-    profile_steps: int = 5
+    Defined once: the entry point's flags (``--debugger``, ``--train-save-interval`` ...) and the
+    hyperparameters a job sends (:meth:`hyperparameters`) are derived from these fields.
+    """
+
+    debugger: bool = _setting(False, "register the smdebug hook")
+    train_save_interval: int = _setting(100, "hook: save every N training steps (train.save_interval)")
+    eval_save_interval: int = _setting(10, "hook: save every N evaluation steps (eval.save_interval)")
+    profiler: bool = _setting(False, "record system, step and operator profiles")
+    profiler_interval_ms: int = _setting(500, "system sampling interval (system_monitor_interval_millis)")
+    profile_skip: int = _setting(5, "steps before the torch.profiler window")
+    profile_steps: int = _setting(5, "steps traced by torch.profiler")
 
     def __post_init__(self) -> None:
         for name in ("train_save_interval", "eval_save_interval", "profiler_interval_ms", "profile_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.profile_skip, int) or isinstance(self.profile_skip, bool) or self.profile_skip < 0:
+            raise ValueError(f"profile_skip must be an integer >= 0, got {self.profile_skip!r}")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The job hyperparameters that turn these settings on in the entry point (its flags, by field name)."""
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "Instrumentation":
+        """The settings among ``values`` (parsed flags, a notebook's parameters); other keys are ignored."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 def quiet_smdebug(level: int = logging.WARNING) -> None:

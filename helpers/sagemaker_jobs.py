@@ -126,13 +126,6 @@ def _parse_hp(value: str) -> Any:
         return value
 
 
-def instrumentation_hyperparameters(inst: Any) -> dict[str, Any]:
-    """The entry point's flags that turn on the hook and the profiler (they write to SM_OUTPUT_DATA_DIR)."""
-    return {"debugger": inst.debugger, "train_save_interval": inst.train_save_interval,
-            "eval_save_interval": inst.eval_save_interval, "profiler": inst.profiler,
-            "profiler_interval_ms": inst.profiler_interval_ms, "profile_steps": inst.profile_steps}
-
-
 def debugger_service_settings(cfg: RunConfig, inst: Any) -> dict[str, Any]:
     """Estimator arguments for accounts that can use the Debugger service: managed rules, hook, profiler.
 
@@ -166,7 +159,7 @@ def final_training(cfg: RunConfig, data: Mapping[str, Any], *, role: str, hyperp
     """
     sess = sagemaker_session or session(cfg)
     extra = debugger_service_settings(cfg, inst) if use_debugger_service else {"disable_profiler": True}
-    est = estimator(cfg, role=role, hyperparameters={**hyperparameters, **instrumentation_hyperparameters(inst)},
+    est = estimator(cfg, role=role, hyperparameters={**hyperparameters, **inst.hyperparameters()},
                     instance_type=instance_type, sagemaker_session=sess, **extra)
     est.fit(channels(data), wait=wait)
     return est

@@ -840,14 +840,20 @@ def str2bool(v: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a torchvision transfer-learning classifier (SageMaker entry point).")
+def add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of a settings dataclass, ``--some-name`` and ``--some_name`` (as SageMaker sends it)."""
     types = {bool: str2bool, int: int, float: float, str: str}
-    for f in fields(TrainConfig):
+    for f in fields(cls):
         dashed, under = f"--{f.name.replace('_', '-')}", f"--{f.name}"
         flags = [dashed] if dashed == under else [dashed, under]
+        help_text = f.metadata.get("help", "")
         p.add_argument(*flags, dest=f.name, type=types[type(f.default)], default=f.default,
-                       help=f"(default: {f.default!r})")
+                       help=f"{help_text} (default: {f.default!r})".strip())
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a torchvision transfer-learning classifier (SageMaker entry point).")
+    add_dataclass_flags(p, TrainConfig)
     p.add_argument("--data-dir", help="folder holding train/ valid/ test/ (instead of SM_CHANNEL_*)")
     p.add_argument("--train", help="train split folder (default: SM_CHANNEL_TRAIN)")
     p.add_argument("--valid", help="valid split folder (default: SM_CHANNEL_VALID)")
@@ -858,17 +864,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="default: SM_CHECKPOINT_DIR, or /opt/ml/checkpoints on SageMaker")
     p.add_argument("--restart", type=str2bool, nargs="?", const=True, default=False,
                    help="ignore an unusable checkpoint and start fresh")
-    d = Instrumentation()
-    p.add_argument("--debugger", type=str2bool, default=d.debugger, help="register the smdebug hook")
-    p.add_argument("--train-save-interval", "--train_save_interval", dest="train_save_interval", type=int,
-                   default=d.train_save_interval, help="hook: save every N training steps (train.save_interval)")
-    p.add_argument("--eval-save-interval", "--eval_save_interval", dest="eval_save_interval", type=int,
-                   default=d.eval_save_interval, help="hook: save every N evaluation steps (eval.save_interval)")
-    p.add_argument("--profiler", type=str2bool, default=d.profiler, help="record system, step and operator profiles")
-    p.add_argument("--profiler-interval-ms", "--profiler_interval_ms", dest="profiler_interval_ms", type=int,
-                   default=d.profiler_interval_ms, help="system sampling interval (system_monitor_interval_millis)")
-    p.add_argument("--profile-steps", "--profile_steps", dest="profile_steps", type=int, default=d.profile_steps,
-                   help="steps traced by torch.profiler (after the first few)")
+    add_dataclass_flags(p, Instrumentation)
     return p
 
 
@@ -881,9 +877,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         cfg = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         paths = resolve_paths(args, env)
         dinfo = dist_info(env)
-        inst = Instrumentation(debugger=args.debugger, train_save_interval=args.train_save_interval,
-                               eval_save_interval=args.eval_save_interval, profiler=args.profiler,
-                               profiler_interval_ms=args.profiler_interval_ms, profile_steps=args.profile_steps)
+        inst = Instrumentation.from_mapping(vars(args))
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

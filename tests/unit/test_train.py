@@ -1,3 +1,4 @@
+import dataclasses
 import argparse
 import json
 import math
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from helpers import metrics, train
+from helpers.debugger import Instrumentation
 from helpers.train import JobPaths, TrainConfig, TrainingError
 
 
@@ -323,3 +325,14 @@ def test_bfloat16_training_with_the_debugger_hook(paths, monkeypatch):
     trial = create_trial(str(p.output_dir / "tensors"))
     relu = trial.tensor_names(collection="relu_input")
     assert relu and trial.tensor(relu[0]).reduction_value(0, "mean") is not None  # saved from bfloat16 as float32
+
+
+def test_instrumentation_flags_are_derived_from_the_dataclass():
+    """Each setting is defined once: the entry point's flags and a job's hyperparameters come from its fields."""
+    inst = Instrumentation(debugger=True, profiler=True, train_save_interval=7, eval_save_interval=2, profile_skip=0)
+    hp = inst.hyperparameters()
+    assert set(hp) == {f.name for f in dataclasses.fields(Instrumentation)}
+    argv = [a for k, v in hp.items() for a in (f"--{k}", str(v))]  # as SageMaker passes them
+    args = train.get_args_parser().parse_args(["--data-dir", "d", *argv])
+    assert Instrumentation.from_mapping(vars(args)) == inst
+    assert "train.save_interval" in train.get_args_parser().format_help()  # the field's help text
