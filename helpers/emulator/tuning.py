@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import math
 import secrets
@@ -25,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from helpers.emulator.server import ACCOUNT_ID, AwsError, validation_error
+from helpers.emulator.server import AwsError, validation_error
 from helpers.emulator.training import TrainingJobs, now
 
 log = logging.getLogger(__name__)

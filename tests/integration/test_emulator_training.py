@@ -73,14 +73,20 @@ def job_request(name, submit, hps=None, channels=None, **extra):
         **extra}
 
 
-def wait(sm, name, timeout=300):
+def poll(describe, status_key, timeout=300, interval=0.2):
+    """Call ``describe()`` until its ``status_key`` is a final status; the last description."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d = sm.describe_training_job(TrainingJobName=name)
-        if d["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+    while True:
+        d = describe()
+        if d[status_key] in ("Completed", "Failed", "Stopped"):
             return d
-        time.sleep(0.2)
-    raise AssertionError(f"{name} still {d['TrainingJobStatus']} after {timeout} s")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {d[status_key]} after {timeout} s")
+        time.sleep(interval)
+
+
+def wait(sm, name, timeout=300):
+    return poll(lambda: sm.describe_training_job(TrainingJobName=name), "TrainingJobStatus", timeout)
 
 
 def log_lines(local_sagemaker, name):

@@ -5,7 +5,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.integration.test_emulator_training import BUCKET, ROLE, SILENT, put_sourcedir, write_script
+from tests.integration.test_emulator_training import BUCKET, ROLE, SILENT, poll, put_sourcedir, write_script
 
 pytestmark = pytest.mark.aws
 
@@ -43,13 +43,8 @@ def tuning_request(name, submit, ranges, *, strategy="Bayesian", max_jobs=3, par
 
 
 def wait_tuning(sm, name, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
-        if d["HyperParameterTuningJobStatus"] in ("Completed", "Failed", "Stopped"):
-            return d
-        time.sleep(0.3)
-    raise AssertionError(f"{name} did not end in {timeout} s")
+    return poll(lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
+                "HyperParameterTuningJobStatus", timeout)
 
 
 def trials_of(sm, name):
