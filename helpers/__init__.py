@@ -2,15 +2,17 @@
 
 Importing the package has no side effects; each module is imported on demand.
 
-- shared: ``config`` (run configuration), ``manifest`` (the hand-off between chapters), ``fileio``,
-  ``layout`` (the ImageFolder layout), ``progress``, ``plots``
+- ``runtime/``: what runs inside the SageMaker containers, shipped whole (a training job's source
+  directory, and ``code/`` in the model artifact): ``train`` (the entry point), ``inference`` (the
+  handlers), ``models``, ``catalog``, ``presets``, ``metrics``, ``debugger``, ``profiler``, ``fileio``,
+  ``layout``, ``progress``, ``bundle``. It imports nothing from the rest of ``helpers``.
+- shared: ``config`` (run configuration), ``manifest`` (the hand-off between chapters), ``plots``
 - chapter 1, data: ``data``, ``download``, ``s3``
-- chapter 2, training and tuning: ``train`` (the SageMaker entry point), ``models``, ``presets``,
-  ``metrics``, ``packaging``, ``jobs`` (local jobs), ``hpo``, ``sagemaker_jobs``
-- chapter 3, Debugger and profiler: ``debugger``, ``debugger_rules``, ``profiler``, ``profiler_report``,
-  ``evaluation``
-- chapter 4, deployment: ``inference`` (the SageMaker handler), ``serving`` (the local endpoint), ``deploy``
+- chapter 2, training and tuning: ``packaging``, ``jobs`` (local jobs), ``hpo``, ``sagemaker_jobs``
+- chapter 3, Debugger and profiler: ``debugger_rules``, ``profiler_report``, ``evaluation``
+- chapter 4, deployment: ``serving`` (the local endpoint), ``deploy``
 - chapter 5, Lambda and autoscaling: ``lambda_function``, ``serverless``, ``autoscaling``
+- ``emulator/``: the local SageMaker (moto's control plane plus executors)
 - the book and its tools: ``book`` (papermill + jupyter-book), ``bench``, ``nbstrip``
 """
 

@@ -54,8 +54,8 @@ def bench_overhead(cfg: RunConfig, epochs: int = 3, rounds: int = 2) -> list[dic
     import statistics
 
     from helpers import data
-    from helpers.debugger import Instrumentation
-    from helpers.train import JobPaths, TrainConfig, fit
+    from helpers.runtime.debugger import Instrumentation
+    from helpers.runtime.train import JobPaths, TrainConfig, fit
 
     if epochs < 2:
         raise ValueError("the overhead comparison needs at least 2 epochs: the first one carries one-off costs")
@@ -102,8 +102,8 @@ def seed_style_training(root: Path, backbone: str, image_size: int, epochs: int,
     from torch import nn
     from torchvision import datasets
 
-    from helpers.models import ModelConfig, build_model
-    from helpers.presets import Preprocessing, eval_transform
+    from helpers.runtime.models import ModelConfig, build_model
+    from helpers.runtime.presets import Preprocessing, eval_transform
 
     device = _device()
     start = time.perf_counter()  # like ours, the time includes building the model and the loaders
@@ -140,7 +140,7 @@ def seed_style_training(root: Path, backbone: str, image_size: int, epochs: int,
 def our_techniques(cfg: "TrainConfig", device: "torch.device", data: bool = True) -> str:
     """What our loop does differently from the seed-style one with this configuration, in words
     (``data=False``: only what changes the training step itself)."""
-    from helpers.train import autocast_dtype
+    from helpers.runtime.train import autocast_dtype
 
     if cfg.uses_feature_cache:
         return "feature cache"
@@ -161,7 +161,7 @@ def bench_training(root: Path, backbone: str, image_size: int, epochs: dict[str,
     the feature cache. Each time includes building the model and the loaders (and, for ours, decoding the
     images or computing the features once) and the validation pass after each epoch.
     """
-    from helpers.train import JobPaths, TrainConfig, fit
+    from helpers.runtime.train import JobPaths, TrainConfig, fit
 
     n_train = sum(1 for p in (root / "train").rglob("*") if p.is_file())
     device = _device()
@@ -200,8 +200,8 @@ def bench_hardware(backbone: str, image_size: int, batch_size: int = 32) -> list
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from helpers.models import ModelConfig, build_model
-    from helpers.train import TrainConfig, autocast_dtype
+    from helpers.runtime.models import ModelConfig, build_model
+    from helpers.runtime.train import TrainConfig, autocast_dtype
 
     device = _device()
     ours = TrainConfig(freeze_backbone=False)
@@ -314,7 +314,7 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 def _quick_model(work: Path) -> Path:
     """A small model trained on the synthetic set, when no trained model is at hand."""
     from helpers import data
-    from helpers.train import JobPaths, TrainConfig, fit
+    from helpers.runtime.train import JobPaths, TrainConfig, fit
 
     root = data.make_synthetic(work / "synthetic", num_classes=4, images_per_class=12)
     paths = JobPaths(root / "train", root / "valid", None, work / "model", work / "output", None)
@@ -330,7 +330,7 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
 
     import psutil
 
-    from helpers import inference
+    from helpers.runtime import inference
     from helpers.serving import LocalEndpoint
 
     with tempfile.TemporaryDirectory(prefix="sagebook-bench-") as tmp:

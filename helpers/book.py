@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers import progress
+from helpers.runtime import progress
 from helpers.config import ConfigError, RunConfig, temporary_environ
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
 
 
 def _write_timings(path: Path, params: dict[str, Any], runs: list[ChapterRun]) -> None:
-    from helpers.fileio import atomic_write_json
+    from helpers.runtime.fileio import atomic_write_json
 
     atomic_write_json(path, {"params": {k: str(v) for k, v in params.items()}, "cores": os.cpu_count(),
                              "chapters": {r.name: round(r.seconds, 2) for r in runs}})

@@ -10,26 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from helpers.runtime.catalog import BACKBONES, WEIGHTS
+
 #: Named dataset sources. Anything else must be a local folder, an ``http(s)://`` zip URL or an ``s3://`` prefix.
 DATASETS: tuple[str, ...] = ("digits", "dogImages", "synthetic")
-
-#: torchvision classification models the zoo builds by name (the model code lives in the training stage).
-BACKBONES: tuple[str, ...] = (
-    "resnet18", "resnet34", "resnet50", "resnet101",
-    "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-    "densenet121", "densenet161",
-    "mobilenet_v3_small", "mobilenet_v3_large",
-    "efficientnet_b0", "convnext_tiny",
-)
 
 #: Datasets of small images, where a 64-pixel input is plenty and keeps the book fast on a CPU.
 SMALL_DATASETS = ("digits", "synthetic")
 SMALL_IMAGE_SIZE = 64
 
 BACKENDS: tuple[str, ...] = ("local", "sagemaker")
-
-#: Pretrained-weight choices besides a path to a local ``.pth`` file.
-WEIGHTS: tuple[str, ...] = ("DEFAULT", "none")
 
 #: The SageMaker PyTorch container for training *and* serving: one place, so both use the same torch.
 SAGEMAKER_FRAMEWORK_VERSION = "2.6.0"

@@ -26,9 +26,9 @@ from PIL import Image
 
 from helpers.config import RunConfig
 from helpers.download import download, safe_extract_zip
-from helpers.fileio import atomic_write_json
-from helpers.layout import IMG_EXTENSIONS, SPLITS, display_name, find_split_dir
-from helpers.progress import bar
+from helpers.runtime.fileio import atomic_write_json
+from helpers.runtime.layout import IMG_EXTENSIONS, SPLITS, display_name, find_split_dir
+from helpers.runtime.progress import bar
 
 log = logging.getLogger(__name__)
 

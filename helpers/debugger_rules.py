@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from helpers.debugger import quiet_smdebug
+from helpers.runtime.debugger import quiet_smdebug
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from helpers.fileio import file_digest
-from helpers.progress import bar
+from helpers.runtime.fileio import file_digest
+from helpers.runtime.progress import bar
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.layout import display_name
-from helpers.models import load_model
-from helpers.presets import Preprocessing, eval_transform
-from helpers.train import ImageSamples, collate_skip, list_samples
+from helpers.runtime.layout import display_name
+from helpers.runtime.models import load_model
+from helpers.runtime.presets import Preprocessing, eval_transform
+from helpers.runtime.train import ImageSamples, collate_skip, list_samples
 
 
 @dataclass

@@ -3,10 +3,10 @@
 The objective is the validation accuracy of the kept model (``valid:accuracy``, the last value the
 training script prints). The test split is never seen while tuning: trials get only train and valid.
 
-Locally, trials run in-process through :func:`helpers.train.fit` under Optuna's TPE sampler, with a
+Locally, trials run in-process through :func:`helpers.runtime.train.fit` under Optuna's TPE sampler, with a
 median pruner fed the per-epoch validation accuracy, and an SQLite study in the work dir, so an
 interrupted study resumes where it stopped. With a frozen backbone and no augmentation every trial
-trains the head on backbone features computed once (:mod:`helpers.train`'s feature cache).
+trains the head on backbone features computed once (:mod:`helpers.runtime.train`'s feature cache).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from helpers.config import RunConfig
-from helpers.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
-from helpers.train import JobPaths, TrainConfig, fit
+from helpers.runtime.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
+from helpers.runtime.train import JobPaths, TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n
 
     start = time.perf_counter()
     if remaining:
-        from helpers.progress import bar
+        from helpers.runtime.progress import bar
 
         with bar(total=remaining, desc="trials", unit="trial") as pbar:
             study.optimize(objective, n_trials=remaining, n_jobs=n_jobs, timeout=timeout_s,

@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from helpers.fileio import atomic_write_json
-from helpers.metrics import parse_line
+from helpers.runtime.fileio import atomic_write_json
+from helpers.runtime.metrics import parse_line
 from helpers.packaging import stage_source_dir
 from helpers.serving import free_port
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from helpers.fileio import atomic_write_json
+from helpers.runtime.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,37 +1,23 @@
-"""What is shipped to SageMaker: the training ``source_dir`` and the ``code/`` folder of a model artifact.
+"""What is shipped to SageMaker: the training ``source_dir`` and the model artifact.
 
-Both carry the entry script, the ``helpers`` modules it imports (and nothing else) and a
-``requirements.txt`` whose versions come from ``constraints.txt``, so the container gets the
-packages the tests ran with.
+The source directory is the runtime bundle (:mod:`helpers.runtime.bundle`: ``helpers/runtime/`` whole,
+with the entry scripts at the root) and a ``requirements.txt`` whose versions come from
+``constraints.txt``, so the container gets the packages the tests ran with. The training job writes
+the same bundle into its model folder as ``code/``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
-HELPERS = Path(__file__).resolve().parent
-ROOT = HELPERS.parent
+from helpers.runtime.bundle import write_bundle
 
-#: helpers modules the training entry point imports (a test runs the staged copy in isolation).
-TRAIN_MODULES = ("__init__", "config", "debugger", "fileio", "layout", "metrics", "models", "packaging", "presets",
-                 "profiler", "progress", "train")
-#: helpers modules the inference handler imports.
-INFERENCE_MODULES = ("__init__", "config", "fileio", "layout", "models", "presets")
-#: Packages the SageMaker PyTorch containers lack (torch and torchvision are the container's own).
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Packages the SageMaker PyTorch training container lacks (torch and torchvision are the container's own).
 TRAIN_REQUIREMENTS = ("tqdm", "smdebug", "psutil", "nvidia-ml-py")
-INFERENCE_REQUIREMENTS = ()
-
-TRAIN_SHIM = '''"""SageMaker training entry point: runs helpers.train, shipped beside this file."""
-import sys
-
-from helpers.train import main
-
-if __name__ == "__main__":
-    sys.exit(main())
-'''
 
 
 def pinned(packages: tuple[str, ...]) -> list[str]:
@@ -46,34 +32,9 @@ def pinned(packages: tuple[str, ...]) -> list[str]:
     return [f"{p}=={versions[p]}" if p in versions else p for p in packages]
 
 
-def _copy_modules(dest: Path, modules: tuple[str, ...]) -> None:
-    pkg = dest / "helpers"
-    pkg.mkdir(parents=True, exist_ok=True)
-    for m in modules:
-        shutil.copy2(HELPERS / f"{m}.py", pkg / f"{m}.py")
-
-
 def stage_source_dir(dest: str | os.PathLike[str]) -> Path:
-    """The training ``source_dir``: ``train.py`` + ``helpers/`` (only what it imports) + ``requirements.txt``."""
-    dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    _copy_modules(dest, TRAIN_MODULES + ("inference",))  # train writes code/ into the model artifact
-    (dest / "train.py").write_text(TRAIN_SHIM)
-    (dest / "requirements.txt").write_text("\n".join(pinned(TRAIN_REQUIREMENTS)) + "\n")
-    return dest
-
-
-def stage_inference_code(dest: str | os.PathLike[str]) -> Path:
-    """``code/`` of a PyTorch ``model.tar.gz``: ``inference.py`` + its helpers + ``requirements.txt``."""
-    dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    _copy_modules(dest, INFERENCE_MODULES)
-    src = HELPERS / "inference.py"
-    shutil.copy2(src, dest / "inference.py")
-    (dest / "requirements.txt").write_text("\n".join(pinned(INFERENCE_REQUIREMENTS)) + "\n")
-    return dest
+    """The training ``source_dir``: ``train.py`` at its root, the runtime bundle, ``requirements.txt``."""
+    return write_bundle(dest, pinned(TRAIN_REQUIREMENTS))
 
 
 def package_model(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:

@@ -2,7 +2,7 @@
 
 SageMaker Profiler support ends 2027-06-30. These rules carry the names, parameters and default
 values of the rules the SageMaker ProfilerReport runs (as sent by ``smdebug_rulesconfig``), and read
-the files :mod:`helpers.profiler` writes into a job's output, locally or on SageMaker. A rule that
+the files :mod:`helpers.runtime.profiler` writes into a job's output, locally or on SageMaker. A rule that
 cannot apply (the GPU rules on a CPU job) says so instead of passing silently.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from helpers import profiler
+from helpers.runtime import profiler
 
 REPORT_FILE = "profiler-report.html"
 
@@ -409,7 +409,7 @@ def write_report(profile_dir: str | Path, dest: str | Path | None = None,
     p = load_profile(profile_dir)
     results = evaluate_profiler_rules(p, params)
     dest = Path(dest) if dest else Path(profile_dir).parent / REPORT_FILE
-    from helpers.fileio import atomic_write_bytes
+    from helpers.runtime.fileio import atomic_write_bytes
 
     atomic_write_bytes(dest, build_report(p, results).encode("utf-8"))
     return dest, results

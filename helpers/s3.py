@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers.progress import bar
+from helpers.runtime.progress import bar
 
 log = logging.getLogger(__name__)
 

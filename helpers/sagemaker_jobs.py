@@ -1,7 +1,7 @@
 """The sagemaker backend: training jobs and tuning jobs with the SageMaker Python SDK v2.
 
 The estimator runs the same staged ``source_dir`` as the local backend, with the framework and
-Python versions from :mod:`helpers.config`, the metric regexes from :mod:`helpers.metrics` and the
+Python versions from :mod:`helpers.config`, the metric regexes from :mod:`helpers.runtime.metrics` and the
 search space from :mod:`helpers.hpo`.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from helpers.config import SAGEMAKER_FRAMEWORK_VERSION, SAGEMAKER_PY_VERSION, RunConfig
 from helpers.hpo import SEARCH_SPACE, TuningResult, coerce, sagemaker_ranges
-from helpers.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE, metric_definitions
+from helpers.runtime.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE, metric_definitions
 from helpers.packaging import stage_source_dir
 
 log = logging.getLogger(__name__)

@@ -72,7 +72,7 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
     from fastapi import FastAPI
     from fastapi.responses import Response
 
-    from helpers import inference
+    from helpers.runtime import inference
 
     model_dir = check_model_dir(model_dir)
     bundle = inference.model_fn(str(model_dir))

@@ -31,7 +31,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> Path:
     """A tiny model trained on the synthetic set: the model folder of a training job."""
-    from helpers.train import JobPaths, TrainConfig, fit
+    from helpers.runtime.train import JobPaths, TrainConfig, fit
 
     base = tmp_path_factory.mktemp("trained")
     paths = JobPaths(synthetic_root / "train", synthetic_root / "valid", synthetic_root / "test",

@@ -10,7 +10,8 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from helpers import metrics, packaging
+from helpers import packaging
+from helpers.runtime import metrics
 
 pytestmark = pytest.mark.aws
 

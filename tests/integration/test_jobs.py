@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from helpers import jobs, metrics, packaging
+from helpers import jobs, packaging
+from helpers.runtime import metrics
 
 HP = {"image_size": 32, "batch_size": 8, "epochs": 3, "lr": 0.01, "patience": 0}
 
@@ -91,7 +92,7 @@ def test_staged_source_dir_runs_alone_with_plain_flags(synthetic_root, tmp_path)
     proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "#metrics split=test epoch=final" in proc.stdout
-    check = subprocess.run([sys.executable, "-c", "import helpers.train, helpers; print(helpers.__file__)"],
+    check = subprocess.run([sys.executable, "-c", "import helpers.runtime.train, helpers; print(helpers.__file__)"],
                            cwd=src, env=env, capture_output=True, text=True)
     assert check.stdout.strip() == str(src / "helpers" / "__init__.py")  # the copy, not the checkout
 

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import hpo, sagemaker_jobs
 from helpers.config import SAGEMAKER_FRAMEWORK_VERSION, RunConfig
-from helpers.metrics import METRIC_REGEXES
+from helpers.runtime.metrics import METRIC_REGEXES
 
 from .conftest import ROLE
 
@@ -92,7 +92,7 @@ def test_tuned_values_come_back_typed(name, raw, value):
 
 
 def test_final_training_without_the_debugger_service(aws):
-    from helpers.debugger import Instrumentation
+    from helpers.runtime.debugger import Instrumentation
 
     cfg, sess, sent = aws
     inst = Instrumentation(debugger=True, profiler=True, train_save_interval=10, eval_save_interval=1)
@@ -107,7 +107,7 @@ def test_final_training_without_the_debugger_service(aws):
 
 
 def test_final_training_with_the_debugger_service(aws):
-    from helpers.debugger import Instrumentation
+    from helpers.runtime.debugger import Instrumentation
     from helpers.debugger_rules import RULES
 
     cfg, sess, sent = aws

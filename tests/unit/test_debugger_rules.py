@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import debugger, debugger_rules
-from helpers.debugger import Instrumentation
+from helpers import debugger_rules
+from helpers.runtime import debugger
+from helpers.runtime.debugger import Instrumentation
 from helpers.debugger_rules import RULES, RuleConfigError, TrialError
 
 HEALTHY = dict(lr=0.05, epochs=5, init_scale=1.0, n_train=400, class_weights=(1, 1, 1, 1), label_noise=0.0)

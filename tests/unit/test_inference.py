@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import evaluation, inference
-from helpers.inference import InferenceError
+from helpers import evaluation
+from helpers.runtime import inference
+from helpers.runtime.inference import InferenceError
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from helpers import fileio
+from helpers.runtime import fileio
 from helpers.manifest import MANIFEST_NAME, Manifest, ManifestError, PrerequisiteMissing
 
 

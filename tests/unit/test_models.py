@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import models
+from helpers.runtime import models
 from helpers.config import BACKBONES
-from helpers.models import ModelConfig, ModelError, WeightsUnavailable
+from helpers.runtime.models import ModelConfig, ModelError, WeightsUnavailable
 
 
 def test_head_sized_to_the_dataset():

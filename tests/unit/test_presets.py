@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from helpers.presets import Preprocessing, decode_transform, eval_transform, normalize_transform
+from helpers.runtime.presets import Preprocessing, decode_transform, eval_transform, normalize_transform
 
 
 def photo(w=97, h=61, mode="RGB"):

@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from helpers import profiler, profiler_report
+from helpers import profiler_report
+from helpers.runtime import profiler
 from helpers.profiler_report import Profile, ProfileError
 
 

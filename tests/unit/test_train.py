@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from helpers import metrics, train
-from helpers.debugger import Instrumentation
-from helpers.train import JobPaths, TrainConfig, TrainingError
+from helpers.runtime import metrics, train
+from helpers.runtime.debugger import Instrumentation
+from helpers.runtime.train import JobPaths, TrainConfig, TrainingError
 
 
 @pytest.fixture
@@ -249,7 +249,46 @@ def test_model_tarball_has_the_sagemaker_layout(paths, tmp_path):
     with tarfile.open(tar) as t:
         names = set(t.getnames())
     assert {"model.pth", "model_config.json", "code/inference.py", "code/requirements.txt",
-            "code/helpers/models.py", "code/helpers/presets.py"} <= names
+            "code/helpers/runtime/models.py", "code/helpers/runtime/presets.py"} <= names
+    helpers = {n.split("/")[2] for n in names if n.startswith("code/helpers/")}
+    assert helpers == {"__init__.py", "runtime"}  # the runtime, whole, and nothing else of helpers
+
+
+def test_the_runtime_imports_nothing_outside_itself():
+    """What ships is helpers/runtime/ whole: an import of another helpers module would fail in the container."""
+    import ast
+    from pathlib import Path
+
+    import helpers.runtime
+
+    outside = []
+    for f in sorted(Path(helpers.runtime.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "helpers":
+                names = [f"helpers.{a.name}" for a in node.names]
+            outside += [f"{f.name}: {n}" for n in names
+                        if (n == "helpers" or n.startswith("helpers.")) and not n.startswith("helpers.runtime")]
+    assert outside == []
+
+
+def test_shipped_code_serves_from_an_isolated_interpreter(trained_model, test_image, tmp_path):
+    """code/ of a model artifact, run as the serving container runs it: its own inference.py, nothing else."""
+    import shutil
+    import subprocess
+    import sys
+
+    model = shutil.copytree(trained_model, tmp_path / "model")
+    script = ("import json, sys; import inference; m = inference.model_fn(sys.argv[1]); "
+              "print(inference.output_fn(inference.predict_fn(inference.input_fn(open(sys.argv[2], 'rb').read(), "
+              "'image/jpeg'), m), 'application/json'))")
+    (tmp_path / "image.jpg").write_bytes(test_image)
+    out = subprocess.run([sys.executable, "-E", "-s", "-c", script, str(model), str(tmp_path / "image.jpg")],
+                         cwd=model / "code", capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "top_k" in out.stdout
 
 
 def test_images_go_channels_last_and_features_stay_as_they_are():
@@ -311,8 +350,8 @@ def test_autocast_only_where_the_hardware_has_a_fast_low_precision(monkeypatch):
 def test_bfloat16_training_with_the_debugger_hook(paths, monkeypatch):
     from smdebug.trials import create_trial
 
-    from helpers import profiler
-    from helpers.debugger import Instrumentation
+    from helpers.runtime import profiler
+    from helpers.runtime.debugger import Instrumentation
 
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)  # autocast runs on any CPU, if slowly
     p = paths(checkpoint_dir=None)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from helpers.config import BACKBONES, WEIGHTS
-from helpers.presets import Preprocessing
+from helpers.runtime.catalog import BACKBONES, WEIGHTS
+from helpers.runtime.presets import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def build_model(cfg: ModelConfig, weights: str = "none", freeze_backbone: bool =
 
 def save_model(model: TransferModel, cfg: ModelConfig, model_dir: str | os.PathLike[str]) -> Path:
     """Write ``model.pth`` (state_dict) and ``model_config.json`` into ``model_dir``."""
-    from helpers.fileio import atomic_write, atomic_write_json
+    from helpers.runtime.fileio import atomic_write, atomic_write_json
 
     model_dir = Path(model_dir)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

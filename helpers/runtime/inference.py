@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from helpers.layout import display_name
-from helpers.models import load_model
-from helpers.presets import Preprocessing, eval_transform
+from helpers.runtime.layout import display_name
+from helpers.runtime.models import load_model
+from helpers.runtime.presets import Preprocessing, eval_transform
 
 TOP_K = 3
 MAX_TOP_K = 20
