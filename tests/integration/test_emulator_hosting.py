@@ -119,3 +119,41 @@ def test_a_model_that_does_not_load_fails_the_endpoint(local_sagemaker, tmp_path
     with pytest.raises(ClientError, match="ValidationError"):
         local_sagemaker.client("sagemaker-runtime").invoke_endpoint(EndpointName="ep-bad", Body=b"x",
                                                                     ContentType="image/jpeg")
+
+
+def test_an_invocation_past_the_limit_times_out_as_a_model_error(local_sagemaker, monkeypatch):
+    """The runtime gives a container 60 s (1 s here); then it answers ModelError, and the server goes on."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    from helpers.emulator import hosting
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            time.sleep(3)
+            self.send_response(200)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(hosting, "INVOCATION_TIMEOUT_S", 1.0)
+        local_sagemaker.endpoints.hosted[("us-east-1", "slow")] = hosting._Hosted(
+            name="slow", region="us-east-1", endpoint=SimpleNamespace(endpoint_status="InService"),
+            server=SimpleNamespace(host="127.0.0.1", port=server.server_port))
+        rt = local_sagemaker.client("sagemaker-runtime")
+        started = time.monotonic()
+        with pytest.raises(ClientError) as e:
+            rt.invoke_endpoint(EndpointName="slow", Body=b"x", ContentType="image/jpeg")
+        assert time.monotonic() - started < 2.9
+        err = e.value.response
+        assert err["Error"]["Code"] == "ModelError" and err["ResponseMetadata"]["HTTPStatusCode"] == 424
+        assert "timed out" in err["Error"]["Message"] and err["OriginalStatusCode"] == 0
+    finally:
+        local_sagemaker.endpoints.hosted.pop(("us-east-1", "slow"), None)
+        server.shutdown()
+        server.server_close()
