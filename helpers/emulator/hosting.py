@@ -119,12 +119,6 @@ class Endpoints:
             if hosted.server is not None:
                 hosted.server.delete_endpoint()
 
-    def wait(self, name: str, region: str, timeout: float | None = None) -> str:
-        hosted = self.hosted[(region, name)]
-        if hosted.thread is not None:
-            hosted.thread.join(timeout)
-        return hosted.endpoint.endpoint_status
-
     def _start(self, hosted: _Hosted, config_name: str) -> None:
         from helpers.serving import EndpointError, LocalEndpoint
 

@@ -233,11 +233,6 @@ class TuningJobs:
         run.stop.set()
         return {}
 
-    def wait(self, name: str, region: str, timeout: float | None = None) -> str:
-        run = self.runs[(region, name)]
-        run.done.wait(timeout)
-        return run.job.hyper_parameter_tuning_job_status
-
     def shutdown(self) -> None:
         for run in list(self.runs.values()):
             run.stop.set()
