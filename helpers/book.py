@@ -200,16 +200,11 @@ def _write_timings(path: Path, params: dict[str, Any], runs: list[ChapterRun]) -
 
 
 def teardown(params: dict[str, Any]) -> list[str]:
-    """Remove the endpoint the series left running for chapter 5 (billable on SageMaker)."""
-    from helpers.deploy import teardown_recorded
-    from helpers.manifest import Manifest
+    """Remove the endpoint the series left running for chapter 5, and stop the run's local SageMaker."""
+    from helpers.session import teardown as teardown_run
 
     fields = set(RunConfig.field_names())
-    work = RunConfig(**{k: v for k, v in params.items() if k in fields}).work_path
-    manifest = Manifest.load(work)
-    removed = teardown_recorded(manifest.get("endpoint"))
-    if manifest.get("endpoint") is not None:
-        manifest.clear("endpoint")
+    removed = teardown_run(RunConfig(**{k: v for k, v in params.items() if k in fields}))
     for what in removed:
         print(f"  tore down {what}")
     return removed

@@ -60,6 +60,10 @@ def project_root() -> Path | None:
     return None
 
 
+#: Where a local run keeps data and artifacts in the local SageMaker's S3.
+LOCAL_S3_PREFIX = "s3://sagebook-local/run"
+
+
 def default_work_dir() -> Path:
     """``$SAGEBOOK_WORK_DIR``, else ``.work`` in the checkout, else ``~/.cache/sagebook``."""
     if env := os.environ.get(WORK_DIR_ENV):
@@ -88,7 +92,7 @@ class RunConfig:
     #: Side of the square model input; 0 picks 224, or 64 for the small embedded datasets (digits, synthetic).
     image_size: int = 0
     seed: int = 42
-    #: ``s3://bucket/prefix`` the sagemaker backend uploads data and artifacts under.
+    #: ``s3://bucket/prefix`` data and artifacts go under (the local SageMaker's own bucket when empty).
     s3_prefix: str = ""
     #: AWS region for the sagemaker backend (empty: the boto3 default).
     region: str = ""
@@ -106,6 +110,8 @@ class RunConfig:
             object.__setattr__(self, "work_dir", str(default_work_dir()))
         if self.image_size == 0:
             object.__setattr__(self, "image_size", SMALL_IMAGE_SIZE if self.dataset in SMALL_DATASETS else 224)
+        if not self.s3_prefix and self.backend == "local":
+            object.__setattr__(self, "s3_prefix", LOCAL_S3_PREFIX)
 
     def _problems(self) -> Iterator[str]:
         local = not is_remote_source(self.dataset) and Path(self.dataset).expanduser().is_dir()

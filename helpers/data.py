@@ -547,11 +547,27 @@ def manifest_record(cfg: RunConfig, report: DatasetReport, s3_uri: str | None = 
     }
 
 
+def require_uploaded(boto_session: Any, record: dict[str, Any]) -> None:
+    """Check that the data stage's S3 copy is still there (a new local SageMaker starts with an empty S3)."""
+    from helpers.manifest import PrerequisiteMissing
+    from helpers.s3 import parse_s3_uri
+
+    uri = record.get("s3_uri")
+    if not uri:
+        raise PrerequisiteMissing("The data stage has no S3 copy: run chapter 01_data again.")
+    bucket, prefix = parse_s3_uri(uri)
+    try:
+        found = boto_session.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
+    except Exception:  # noqa: BLE001 - no bucket, no access: the same advice
+        found = {}
+    if not found.get("KeyCount"):
+        raise PrerequisiteMissing(f"The dataset is no longer in {uri} (a new local SageMaker starts with an "
+                                  "empty S3): run chapter 01_data again.")
+
+
 def upload_dataset(cfg: RunConfig, report: DatasetReport, *, client: Any | None = None,
-                   progress: bool = True) -> str | None:
-    """On the sagemaker backend, sync the dataset to ``{s3_prefix}/data/{name}`` and return that URI."""
-    if cfg.backend != "sagemaker":
-        return None
+                   progress: bool = True) -> str:
+    """Sync the dataset to ``{s3_prefix}/data/{name}`` (new and changed files only) and return that URI."""
     from helpers.s3 import sync_to_s3
 
     uri = f"{cfg.s3_prefix.rstrip('/')}/data/{Path(report.root).name}"

@@ -512,18 +512,6 @@ def results_table(results: list[RuleResult]):
     return df.set_index("rule")
 
 
-def sagemaker_rules(collections: list[Any] | None = None) -> list[Any]:
-    """The same seven as SageMaker managed rules, plus the ProfilerReport rule (accounts with Debugger).
-
-    ``collections`` replace each rule's default collection settings (save_interval 500), so the hook
-    configuration is the one the job asked for, whichever rule the SDK merges first.
-    """
-    from sagemaker.debugger import ProfilerRule, Rule, rule_configs
-
-    return [Rule.sagemaker(getattr(rule_configs, r.name)(), collections_to_save=collections) for r in RULES] + [
-        ProfilerRule.sagemaker(rule_configs.ProfilerReport())]
-
-
 # --------------------------------------------------------------------------------------------------
 # What the chapter plots
 

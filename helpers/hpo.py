@@ -71,7 +71,7 @@ def describe_space(space: Mapping[str, Any] = SEARCH_SPACE) -> list[dict[str, st
 
 def sagemaker_ranges(space: Mapping[str, Any] = SEARCH_SPACE) -> dict[str, Any]:
     """``hyperparameter_ranges`` for SageMaker's ``HyperparameterTuner``."""
-    from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
+    from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
 
     out: dict[str, Any] = {}
     for name, dim in space.items():
@@ -108,9 +108,14 @@ def coerce(name: str, value: Any, space: Mapping[str, Any] = SEARCH_SPACE) -> An
 
 
 def static_hyperparameters(cfg: RunConfig, **overrides: Any) -> dict[str, Any]:
-    """The hyperparameters every trial shares: model and input choices from the run configuration."""
+    """The hyperparameters every trial shares: model and input choices from the run configuration.
+
+    On the local backend the trials run on this machine and share one feature cache in the work directory
+    (``feature_cache``); on AWS each trial's container computes its own.
+    """
+    local = {"feature_cache": str(cfg.work_path / "cache" / "features")} if cfg.backend == "local" else {}
     return {"backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size, "seed": cfg.seed,
-            "freeze_backbone": True, "augment": False, "patience": 3, **overrides}
+            "freeze_backbone": True, "augment": False, "patience": 3, **local, **overrides}
 
 
 @dataclass

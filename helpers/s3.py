@@ -104,6 +104,14 @@ def _run(jobs: list[tuple[Any, Any, int]], fn, desc: str, progress: bool, worker
     return done
 
 
+def _upload(s3: Any, path: Path, bucket: str, key: str, config: Any) -> None:
+    """One file: a single ``PutObject`` when it is small (most images), the transfer manager otherwise."""
+    if path.stat().st_size < PART_SIZE:
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+    else:
+        s3.upload_file(str(path), bucket, key, Config=config)
+
+
 def sync_to_s3(
     local_dir: str | os.PathLike[str],
     uri: str,
@@ -132,8 +140,7 @@ def sync_to_s3(
         jobs.append((path, f"{prefix}/{rel}" if prefix else rel, path.stat().st_size))
     config = _transfer_config()
     try:
-        sent = _run(jobs, lambda p, k: s3.upload_file(str(p), bucket, k, Config=config),
-                    f"upload to {uri}", progress, workers)
+        sent = _run(jobs, lambda p, k: _upload(s3, p, bucket, k, config), f"upload to {uri}", progress, workers)
     except (ClientError, BotoCoreError) as e:
         raise S3Error(f"Upload to {uri} failed: {e}. Rerun to continue; finished files are skipped.") from None
     return SyncResult(transferred=len(jobs), skipped=skipped, bytes=sent)

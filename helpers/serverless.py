@@ -100,12 +100,16 @@ def deploy_function(spec: FunctionSpec, *, iam: Any, lam: Any) -> dict[str, Any]
                                  Handler="lambda_function.lambda_handler", Code={"ZipFile": code},
                                  Timeout=spec.timeout_s, MemorySize=spec.memory_mb,
                                  Environment={"Variables": env}, Publish=True)
+        lam.get_waiter("function_active_v2").wait(FunctionName=spec.name)  # Pending refuses calls and updates
     except ClientError as e:
         if e.response["Error"]["Code"] != "ResourceConflictException":
             raise
+        lam.get_waiter("function_active_v2").wait(FunctionName=spec.name)
         lam.update_function_code(FunctionName=spec.name, ZipFile=code)
+        lam.get_waiter("function_updated_v2").wait(FunctionName=spec.name)  # one update at a time
         fn = lam.update_function_configuration(FunctionName=spec.name, Role=role_arn, Timeout=spec.timeout_s,
                                                MemorySize=spec.memory_mb, Environment={"Variables": env})
+        lam.get_waiter("function_updated_v2").wait(FunctionName=spec.name)
     result = {"function_arn": fn["FunctionArn"], "role_arn": role_arn}
     if spec.provisioned_concurrency:
         version = lam.publish_version(FunctionName=spec.name)["Version"]

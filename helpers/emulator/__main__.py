@@ -7,6 +7,9 @@ or ``export AWS_ENDPOINT_URL=http://127.0.0.1:PORT`` for boto3 and the SageMaker
 from __future__ import annotations
 
 import argparse
+import os
+import time
+from pathlib import Path
 import logging
 import signal
 import sys
@@ -14,6 +17,7 @@ import threading
 from typing import Sequence
 
 from helpers.emulator.server import CREDENTIALS, LocalSageMaker
+from helpers.runtime.fileio import atomic_write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -22,6 +26,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=".work", help="where job folders go (emulator/training/NAME)")
     p.add_argument("--stop-grace", type=float, default=120.0,
                    help="seconds a stopped job has between SIGTERM and SIGKILL (the service gives 120)")
+    p.add_argument("--state-file", help="write {pid, endpoint_url, started} here once listening; removed on exit")
     return p
 
 
@@ -32,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         with LocalSageMaker(args.work_dir, port=args.port, stop_grace_s=args.stop_grace) as sm:
+            if args.state_file:
+                atomic_write_json(Path(args.state_file), {"pid": os.getpid(), "endpoint_url": sm.endpoint_url,
+                                                          "started": time.time()})
             print(f"local SageMaker listening on {sm.endpoint_url}", flush=True)
             print(f"  export AWS_ENDPOINT_URL={sm.endpoint_url} AWS_DEFAULT_REGION=us-east-1 "
                   + " ".join(f"{k}={v}" for k, v in CREDENTIALS.items()), flush=True)
@@ -41,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"error: cannot listen on 127.0.0.1:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 1
+    finally:
+        if args.state_file:
+            Path(args.state_file).unlink(missing_ok=True)
     return 0
 
 

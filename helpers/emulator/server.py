@@ -144,6 +144,8 @@ class Gateway:
     def _moto(self, environ: dict[str, Any], start_response: Callable, service: str) -> Iterable[bytes]:
         """moto's answer; an operation moto lacks is a clear ``NotImplemented`` error, never a traceback."""
         try:
+            if environ.get("HTTP_X_AMZ_TARGET", "").startswith("SageMaker."):
+                return self._moto_sagemaker(environ, start_response)
             return self.moto_app(environ, start_response)
         except NotImplementedError as e:
             status, code, message = 501, "NotImplemented", f"The local SageMaker does not implement this: {e}"
@@ -159,6 +161,24 @@ class Gateway:
                     f"</Message></Error><RequestId>{os.urandom(16).hex()}</RequestId></ErrorResponse>").encode()
             headers = {"Content-Type": "text/xml"}
         return _respond(start_response, status, headers, data)
+
+    def _moto_sagemaker(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        """moto's SageMaker answer without the empty structures it adds for unset members (``"VpcConfig": {}``):
+        the service omits them, and the SDK v3's resource classes refuse an empty structure with required fields."""
+        captured: list[Any] = []
+        chunks = self.moto_app(environ, lambda s, h, exc_info=None: captured.extend([s, h]))
+        body = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        status, headers = captured[0], dict(captured[1])
+        if status.startswith("200") and body:
+            try:
+                body = json.dumps(_without_empty(json.loads(body)), default=_json_default).encode()
+            except ValueError:
+                pass
+        headers.pop("Content-Length", None)
+        headers.pop("content-length", None)
+        return _respond(start_response, int(status.split()[0]), headers, body)
 
     def _rest(self, route: Route, match: re.Match[str], region: str, environ: dict[str, Any],
               start_response: Callable) -> Iterable[bytes]:
@@ -179,6 +199,16 @@ class Gateway:
             status, data = 500, json.dumps({"message": f"{type(e).__name__}: {e}"}).encode()
             out = {"Content-Type": "application/json", "x-amzn-ErrorType": "InternalFailure"}
         return _respond(start_response, status, out, data)
+
+
+def _without_empty(value: Any) -> Any:
+    """``value`` without dict members that are ``None`` or empty dicts, at any depth."""
+    if isinstance(value, dict):
+        cleaned = {k: _without_empty(v) for k, v in value.items()}
+        return {k: v for k, v in cleaned.items() if v is not None and v != {}}
+    if isinstance(value, list):
+        return [_without_empty(v) for v in value]
+    return value
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:

@@ -55,6 +55,8 @@ LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 LOG_TAIL = 40
 POLL_S = 0.25
 CHECKPOINT_SYNC_S = 2.0
+#: Fork Python jobs from a warm interpreter (:mod:`helpers.emulator.warm`); ``SAGEBOOK_EMULATOR_WARM=0``: no.
+WARM = os.environ.get("SAGEBOOK_EMULATOR_WARM", "1") != "0"
 FAILURE_REASON_MAX = 1024  # the API's length limit for FailureReason
 
 MetricCallback = Callable[[str, float], None]
@@ -186,6 +188,7 @@ class TrainingJobs:
         self.stop_grace_s = stop_grace_s
         self.runs: dict[tuple[str, str], _Run] = {}
         self._lock = threading.Lock()
+        self._zygote: Any = None
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], str], dict[str, Any]]]:
         return {"CreateTrainingJob": lambda p, r: self.create(p, r), "DescribeTrainingJob": self.describe,
@@ -274,6 +277,9 @@ class TrainingJobs:
         for run in list(self.runs.values()):
             if run.thread is not None:
                 run.thread.join(timeout=self.stop_grace_s + 30)
+        if self._zygote is not None:
+            self._zygote.stop()
+            self._zygote = None
 
     # -- the job ---------------------------------------------------------------------------------
     def _transition(self, run: _Run, status: str, message: str) -> None:
@@ -339,6 +345,22 @@ class TrainingJobs:
             job.training_job_status = status
             run.done.set()
 
+    def _start(self, command: list[str], cwd: Path, env: dict[str, str]) -> Any:
+        """The job's process: forked from the warm interpreter when it runs a Python script, else a new one."""
+        plain = _python()
+        script = command[len(plain):]
+        if command[:len(plain)] == plain and script and not script[0].startswith("-") and WARM:
+            with self._lock:
+                if self._zygote is None:
+                    from helpers.emulator.warm import Zygote
+
+                    self._zygote = Zygote().start()
+            if self._zygote.available():
+                return self._zygote.spawn(script, cwd, env)
+            log.warning("the warm interpreter is not available: starting a new one per job")
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, errors="replace", start_new_session=True)
+
     def _supervise(self, run: _Run, command: list[str], cwd: Path, env: dict[str, str], layout: dict[str, Path],
                    checkpoint_uri: str | None) -> tuple[int, list[str]]:
         """Run the container's command; stream its log and metrics; honour stops, the runtime limit, checkpoints."""
@@ -348,8 +370,7 @@ class TrainingJobs:
         max_runtime = (run.params.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
         logf = open(layout["root"] / "job.log", "a", encoding="utf-8")
         logf.write(f"==== {now().isoformat(timespec='seconds')} {shlex.join(command)}\n")
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, errors="replace", start_new_session=True)
+        proc = self._start(command, cwd, env)
 
         def read() -> None:
             assert proc.stdout is not None
@@ -512,7 +533,11 @@ def _container_command(params: dict[str, Any], name: str, arn: str, layout: dict
     raw = params.get("HyperParameters") or {}
     count = int(params["ResourceConfig"].get("InstanceCount", 1))
     user_channels = {k: v for k, v in channels.items() if k not in ("code", "sm_drivers")}
-    if "sm_drivers" in channels:  # SDK v3 ModelTrainer
+    # The container's own entry point (the training toolkit) runs unless the request replaces it: SDK v3's
+    # ModelTrainer sets ContainerEntrypoint to its sm_drivers script; a tuning job cannot, so its trials take
+    # the toolkit's path (sagemaker_program) even when they carry an sm_drivers channel.
+    entrypoint = (params.get("AlgorithmSpecification") or {}).get("ContainerEntrypoint")
+    if "sm_drivers" in channels and entrypoint:  # SDK v3 ModelTrainer
         drivers = channels["sm_drivers"]
         source = _read_json(drivers / "sourcecode.json")
         code = channels.get("code", layout["code"])

@@ -23,6 +23,8 @@ METRIC_REGEXES: dict[str, str] = {
     for split in ("train", "valid", "test")
     for name in ("loss", "accuracy")
 }
+#: The last epoch a job finished (a trial stopped early reports fewer than it planned).
+METRIC_REGEXES["epoch"] = rf"{PREFIX} split=valid epoch=(\d+) "
 
 #: The tuning objective: a validation metric, never the test split.
 OBJECTIVE_METRIC = "valid:accuracy"

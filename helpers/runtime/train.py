@@ -364,7 +364,11 @@ def decode_splits(splits: Mapping[str, list[tuple[str, int]]], prep: Preprocessi
 
 def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preprocessing,
                 precision: torch.dtype | None = None) -> str:
-    """Identifies (files, backbone, weights, preprocessing, precision): any change gives a new cache entry."""
+    """Identifies (files, backbone, weights, preprocessing, precision): any change gives a new cache entry.
+
+    Files count by content (class folder, name, bytes), not by where they are: every training job gets
+    its own copy of a channel, and jobs that share a cache folder share the features of the same data.
+    """
     h = hashlib.sha256()
     weights = cfg.weights
     if weights not in ("DEFAULT", "none"):
@@ -374,8 +378,9 @@ def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preproce
         weights = f"random-seed{cfg.seed}"
     h.update(json.dumps([cfg.backbone, weights, prep.to_dict(), torch.__version__, str(precision)]).encode())
     for path, label in samples:
-        st = os.stat(path)
-        h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        p = Path(path)
+        h.update(f"{p.parent.name}/{p.name}\0{label}\0".encode())
+        h.update(hashlib.sha1(p.read_bytes(), usedforsecurity=False).digest())
     return h.hexdigest()[:20]
 
 

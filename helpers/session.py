@@ -1,0 +1,112 @@
+"""Where a run's AWS calls go: the only place the backend matters.
+
+``connect(cfg)`` returns the boto3 session every SageMaker, S3, IAM, Lambda and autoscaling call of a
+chapter uses. On ``backend="local"`` it starts (or finds) the run's local SageMaker and points every AWS
+client of the process at it; on ``backend="sagemaker"`` it is your account, in ``cfg.region``. Everything
+after it (the SDK calls, boto3 calls) is the same code on both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from helpers.config import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
+
+LOCAL_REGION = "us-east-1"
+#: The execution role the local SageMaker's jobs and endpoints run as (created on first use there).
+LOCAL_ROLE_NAME = "SageBookExecutionRole"
+SAGEMAKER_TRUST = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+_ENDPOINT_VARS = ("AWS_ENDPOINT_URL",)
+
+
+def region(cfg: RunConfig) -> str | None:
+    """The run's region: ``cfg.region``, else us-east-1 locally or your AWS default."""
+    return cfg.region or (LOCAL_REGION if cfg.backend == "local" else None)
+
+
+def connect(cfg: RunConfig) -> Any:
+    """The boto3 session of the run (the local SageMaker, started when needed, or your AWS account)."""
+    import boto3
+
+    if cfg.backend == "local":
+        from helpers.emulator import background
+
+        server, started = background.ensure_running(cfg.work_path)
+        env = server.environ(region(cfg) or LOCAL_REGION)
+        os.environ.update(env)  # the SDK makes its own clients: they must find the local SageMaker too
+        sess = boto3.Session(region_name=env["AWS_DEFAULT_REGION"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        _ensure_bucket(sess, cfg.s3_prefix)
+        if started:
+            log.info("local SageMaker started at %s", server.endpoint_url)
+        return sess
+    for var in _ENDPOINT_VARS:  # a local run earlier in this process must not redirect real calls
+        os.environ.pop(var, None)
+    sess = boto3.Session(region_name=region(cfg))
+    if not sess.region_name:
+        raise ConfigError("No AWS region: pass region='eu-west-1' (or set AWS_DEFAULT_REGION).")
+    return sess
+
+
+def _ensure_bucket(boto_session: Any, s3_prefix: str) -> None:
+    from helpers.s3 import parse_s3_uri
+
+    bucket, _ = parse_s3_uri(s3_prefix)
+    s3 = boto_session.client("s3")
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except s3.exceptions.ClientError:
+        s3.create_bucket(Bucket=bucket)
+
+
+def execution_role(cfg: RunConfig, boto_session: Any, role: str = "") -> str:
+    """The IAM role ARN jobs and endpoints run as: ``role`` when given; locally, one made for the run."""
+    if role:
+        return role
+    if cfg.backend != "local":
+        raise ConfigError(
+            "backend 'sagemaker' needs role: the ARN of an IAM role that SageMaker can assume, with "
+            "AmazonSageMakerFullAccess and access to your S3 prefix (see the guide 'Run on SageMaker').")
+    iam = boto_session.client("iam")
+    try:
+        return iam.get_role(RoleName=LOCAL_ROLE_NAME)["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        import json
+
+        arn = iam.create_role(RoleName=LOCAL_ROLE_NAME, AssumeRolePolicyDocument=json.dumps(SAGEMAKER_TRUST),
+                              Description="sagebook: the local SageMaker's execution role")["Role"]["Arn"]
+        iam.attach_role_policy(RoleName=LOCAL_ROLE_NAME,
+                               PolicyArn="arn:aws:iam::aws:policy/AmazonSageMakerFullAccess")
+        return arn
+
+
+def account(boto_session: Any) -> str:
+    """The account the session's calls act on."""
+    return boto_session.client("sts").get_caller_identity()["Account"]
+
+
+def teardown(cfg: RunConfig) -> list[str]:
+    """Remove the endpoint a run left for chapter 5 (billable on SageMaker), then stop the run's local SageMaker."""
+    from helpers.deploy import teardown_recorded
+    from helpers.emulator import background
+    from helpers.manifest import Manifest
+
+    manifest = Manifest.load(cfg.work_dir)
+    record = manifest.get("endpoint")
+    removed: list[str] = []
+    if record:
+        if record.get("backend", cfg.backend) == "local":
+            if background.running(cfg.work_path) is not None:  # else it ended, and its endpoints with it
+                removed += teardown_recorded(record, connect(cfg.replace(backend="local")))
+        else:
+            removed += teardown_recorded(record, connect(cfg.replace(backend="sagemaker",
+                                                                     region=record.get("region") or cfg.region)))
+        manifest.clear("endpoint")
+    if background.stop(cfg.work_path):
+        removed.append("the local SageMaker")
+    return removed
