@@ -268,9 +268,14 @@ def insights(result: TuningResult) -> list[str]:
         elif math.isfinite(corr):
             out.append(f"The learning rate alone explains little of the objective (correlation {corr:+.2f}).")
     if len(pruned):
-        saved = pruned.epochs.astype(float).sum() - pruned.epochs_run.fillna(0).astype(float).sum()
-        out.append(f"{len(pruned)} trial(s) were pruned early by the median rule, skipping {saved:.0f} of their "
-                   f"planned epochs.")
+        saved = pruned.epochs.astype(float).sum() - pruned.epochs_run.fillna(pruned.epochs).astype(float).sum()
+        if saved > 0:
+            out.append(f"{len(pruned)} trial(s) were stopped early by the median rule, skipping {saved:.0f} of "
+                       f"their planned epochs.")
+        else:
+            out.append(f"{len(pruned)} trial(s) were stopped by the median rule only after their last epoch: an "
+                       "epoch on cached features takes less time than a stop takes to arrive, so early stopping "
+                       "saves nothing here (it does when an epoch takes minutes).")
     if "duration_s" in df and df.duration_s.notna().any():
         line = (f"Trials took {df.duration_s.median():.2f} s each (median), {df.duration_s.sum():.1f} s in all")
         new = result.details.get("new_trials")

@@ -34,8 +34,12 @@ TRIAL_STATES = {"Completed": "COMPLETE", "Stopped": "PRUNED", "Failed": "FAIL", 
 
 def sdk_session(cfg: RunConfig, boto_session: Any) -> Any:
     """A SageMaker SDK session on ``boto_session`` whose default bucket is the one in ``cfg.s3_prefix``."""
+    import warnings
+
     from sagemaker.core.helper.session_helper import Session
 
+    # The SDK's waits draw a rich progress display, which asks for ipywidgets in a notebook.
+    warnings.filterwarnings("ignore", message='install "ipywidgets"', category=UserWarning)
     bucket, prefix = parse_s3_uri(cfg.s3_prefix)
     return Session(boto_session=boto_session, default_bucket=bucket, default_bucket_prefix=prefix or None,
                    sagemaker_config=SDK_CONFIG)

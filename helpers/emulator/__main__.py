@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
-        with LocalSageMaker(args.work_dir, port=args.port, stop_grace_s=args.stop_grace) as sm:
+        with LocalSageMaker(args.work_dir, port=args.port, stop_grace_s=args.stop_grace, prewarm=True) as sm:
             if args.state_file:
                 atomic_write_json(Path(args.state_file), {"pid": os.getpid(), "endpoint_url": sm.endpoint_url,
                                                           "started": time.time()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -248,14 +249,17 @@ class LocalSageMaker:
     ``work_dir`` holds each job's folder (``emulator/training/NAME/``: the container's ``/opt/ml``).
     ``port=0`` picks a free port. moto keeps its state per process: run one emulator per process at a time
     (starting one begins with an empty account). ``stop_grace_s`` is how long a stopped job has between SIGTERM and
-    SIGKILL (the service gives 120 s); ``lambda_pending_s`` how long a new function stays ``Pending``.
+    SIGKILL (the service gives 120 s); ``lambda_pending_s`` how long a new function stays ``Pending``;
+    ``prewarm`` starts the training jobs' warm interpreter (:mod:`helpers.emulator.warm`) at once, not at the
+    first job.
     Leaving the block stops every job, model server and function process it started, then the server.
     """
 
     def __init__(self, work_dir: str | os.PathLike[str] = ".work", *, port: int = 0, host: str = "127.0.0.1",
-                 stop_grace_s: float = 120.0, lambda_pending_s: float = 1.0) -> None:
+                 stop_grace_s: float = 120.0, lambda_pending_s: float = 1.0, prewarm: bool = False) -> None:
         self.work_dir = Path(work_dir).resolve()
         self.lambda_pending_s = lambda_pending_s
+        self.prewarm = prewarm
         self.host, self.port = host, port
         self.stop_grace_s = stop_grace_s
         self._server: Any = None
@@ -285,14 +289,25 @@ class LocalSageMaker:
         moto_api_backend.reset()  # a fresh account: moto's state is per process, so one emulator at a time
 
         self.training = TrainingJobs(self.work_dir / "emulator" / "training", stop_grace_s=self.stop_grace_s)
+        if self.prewarm:  # import PyTorch for the first job while the chapters do other things
+            self.training.warm_interpreter()
         self.tuning = TuningJobs(self.training)
         self.endpoints = Endpoints(self.work_dir / "emulator" / "endpoints")
         self.functions = Functions(self.work_dir / "emulator" / "lambda", lambda: self.endpoint_url,
                                    pending_s=self.lambda_pending_s)
-        app = Gateway(DomainDispatcherApplication(create_backend_app),
+        class Dispatcher(DomainDispatcherApplication):
+            """moto's dispatcher, remembering which backend serves a host (it lists moto's folders each time)."""
+
+            @functools.lru_cache(maxsize=256)  # noqa: B019 - one dispatcher per emulator, hosts are few
+            def get_backend_for_host(self, host: str | None) -> Any:
+                return super().get_backend_for_host(host)
+
+        app = Gateway(Dispatcher(create_backend_app),
                       {**self.training.handlers(), **self.tuning.handlers(), **self.endpoints.handlers()},
                       routes=self.endpoints.routes() + self.functions.routes() + iam.routes())
         class QuietHandler(MotoRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: a client's requests reuse one connection
+
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request on stderr
                 pass
 

@@ -306,6 +306,8 @@ class TrainingJobs:
                 storage.download_prefix(ckpt["S3Uri"], layout["checkpoints"])
             _write_config(params, layout, channels)
             command, cwd, env = _container_command(params, run.name, job.arn, layout, channels)
+            if "OMP_NUM_THREADS" not in (params.get("Environment") or {}):
+                env["OMP_NUM_THREADS"] = str(self._cpu_share())
             self._transition(run, "Training", "Training image download completed. Training in progress.")
             job.training_start_time = now()
             if not run.stop.is_set():
@@ -345,18 +347,30 @@ class TrainingJobs:
             job.training_job_status = status
             run.done.set()
 
+    def _cpu_share(self) -> int:
+        """Threads for a job starting now: on the service each job has its instance's cores; here jobs running
+        at once share this machine's, and two PyTorch jobs with a thread per core each run several times slower
+        than with half the threads (their threads spin waiting for cores)."""
+        running = sum(1 for r in self.runs.values() if not r.done.is_set())
+        return max(1, (os.cpu_count() or 1) // max(1, running))
+
+    def warm_interpreter(self) -> Any:
+        """The warm interpreter Python jobs fork from, started on first use."""
+        with self._lock:
+            if self._zygote is None:
+                from helpers.emulator.warm import Zygote
+
+                self._zygote = Zygote().start()
+            return self._zygote
+
     def _start(self, command: list[str], cwd: Path, env: dict[str, str]) -> Any:
         """The job's process: forked from the warm interpreter when it runs a Python script, else a new one."""
         plain = _python()
         script = command[len(plain):]
         if command[:len(plain)] == plain and script and not script[0].startswith("-") and WARM:
-            with self._lock:
-                if self._zygote is None:
-                    from helpers.emulator.warm import Zygote
-
-                    self._zygote = Zygote().start()
-            if self._zygote.available():
-                return self._zygote.spawn(script, cwd, env)
+            zygote = self.warm_interpreter()
+            if zygote.available():
+                return zygote.spawn(script, cwd, env)
             log.warning("the warm interpreter is not available: starting a new one per job")
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, errors="replace", start_new_session=True)
@@ -642,7 +656,9 @@ def _output_uri(params: dict[str, Any], name: str, filename: str) -> str:
 
 
 def _tar(folder: Path, dest: Path) -> Path:
-    with tarfile.open(dest, "w:gz") as tar:
+    """``folder``'s contents as a ``.tar.gz``, gzip level 0 (stored blocks: any gunzip reads it, and weights hardly
+    compress; deflating 45 MB of them takes 1.5 s on a small CPU, a tuning trial's whole training time)."""
+    with tarfile.open(dest, "w:gz", compresslevel=0) as tar:
         for item in sorted(folder.iterdir()) if folder.is_dir() else []:
             tar.add(item, arcname=item.name)
     return dest

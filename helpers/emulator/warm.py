@@ -54,6 +54,10 @@ def run_job(req, fd):
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
+    if "torch" in sys.modules:  # a new interpreter reads these at import; the preloaded torch must be told
+        torch = sys.modules["torch"]
+        n = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(n) if n.isdigit() and int(n) > 0 else max(1, os.cpu_count() or 1))
     sys.argv = list(req["argv"])
     sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
     code = 0

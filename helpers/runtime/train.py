@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -408,11 +408,12 @@ def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]],
                     prep: Preprocessing, device: torch.device, workers: int, cache_dir: Path | None,
                     write: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of one split from the on-disk cache, or computed (and stored when ``write``)."""
-    path = None
     amp_dtype = autocast_dtype(device, cfg.amp)
-    if cache_dir is not None:
-        key = feature_key(samples, cfg, prep, amp_dtype)
-        path = cache_dir / f"{cfg.backbone}-{prep.image_size}-{split}-{key}.pt"
+    if cache_dir is None:
+        return _compute_features(body, split, samples, cfg, prep, device, workers, amp_dtype, None)
+    key = feature_key(samples, cfg, prep, amp_dtype)
+    path = cache_dir / f"{cfg.backbone}-{prep.image_size}-{split}-{key}.pt"
+    with _cache_lock(path):  # jobs sharing the folder: one computes, the others wait and load
         if path.is_file():
             try:
                 blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -420,13 +421,36 @@ def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]],
                 return blob["features"], blob["labels"]
             except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed
                 log.warning("ignoring damaged feature cache %s: %s", path, e)
+        return _compute_features(body, split, samples, cfg, prep, device, workers, amp_dtype, path if write else None)
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s cache entry across processes (none where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, at worst two jobs compute the same features
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _compute_features(body: nn.Module, split: str, samples: list[tuple[str, int]], cfg: TrainConfig,
+                      prep: Preprocessing, device: torch.device, workers: int, amp_dtype: torch.dtype | None,
+                      path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     t0 = time.perf_counter()
     x, y = extract_features(body, ImageSamples(samples, eval_transform(prep)), device, max(64, cfg.batch_size),
                             few_workers(workers, len(samples)), f"features {split}", amp_dtype=amp_dtype,
                             channels_last=cfg.channels_last)
     log.info("computed %s features of %d %s images in %.1f s", tuple(x.shape[1:]), len(y), split,
              time.perf_counter() - t0)
-    if path is not None and write:
+    if path is not None:
         atomic_write(path, lambda f: torch.save({"features": x, "labels": y}, f))
     return x, y
 

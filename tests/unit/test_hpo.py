@@ -67,8 +67,11 @@ def test_insights_are_computed_from_the_trials():
     text = "\n".join(hpo.insights(r))
     assert "valid:accuracy = 0.9000" in text and "lr=0.05" in text
     assert "Higher learning rates did better" in text
-    assert "2 trial(s) were pruned early" in text and "skipping 9 of their planned epochs" in text
+    assert "2 trial(s) were stopped early" in text and "skipping 9 of their planned epochs" in text
     assert "40.0 points" in text and "4.8 s in all" in text
+    late = r.trials.assign(epochs_run=r.trials.epochs)  # stopped, but after their last epoch
+    text = "\n".join(hpo.insights(hpo.TuningResult("sagemaker", late, r.best_hyperparameters, 0.9, {}, 12.0)))
+    assert "only after their last epoch" in text and "skipping" not in text
 
 
 def test_typed_values():
