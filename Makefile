@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AWSCLI := $(VENV)/awscli
+SDKV2 := $(VENV)/sdkv2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND ?= Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -12,13 +13,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: book test venv lock clean strip
 
 # The venv is (re)installed when it is missing or when the dependency files change.
-$(STAMP): pyproject.toml constraints.txt constraints-awscli.txt
+$(STAMP): pyproject.toml constraints.txt constraints-awscli.txt constraints-sdkv2.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt pip setuptools wheel
 	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e ".[test]"
 	@# The AWS CLI (v1) in its own folder: its docutils pin conflicts with Sphinx. Run it as
 	@# PYTHONPATH=$(AWSCLI) $(PY) -m awscli ...
 	rm -rf $(AWSCLI) && $(PY) -m pip install --quiet --no-deps --target $(AWSCLI) -r constraints-awscli.txt
+	@# SageMaker SDK v2 apart too: v2 and v3 both install the package `sagemaker` (PYTHONPATH=$(SDKV2) picks v2)
+	rm -rf $(SDKV2) && $(PY) -m pip install --quiet --no-deps --target $(SDKV2) -r constraints-sdkv2.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)

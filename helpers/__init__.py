@@ -6,13 +6,16 @@ Importing the package has no side effects; each module is imported on demand.
   directory, and ``code/`` in the model artifact): ``train`` (the entry point), ``inference`` (the
   handlers), ``models``, ``catalog``, ``presets``, ``metrics``, ``debugger``, ``profiler``, ``fileio``,
   ``layout``, ``progress``, ``bundle``. It imports nothing from the rest of ``helpers``.
-- shared: ``config`` (run configuration), ``manifest`` (the hand-off between chapters), ``plots``
+- shared: ``config`` (run configuration), ``manifest`` (the hand-off between chapters), ``session`` (where
+  every chapter's AWS calls go: the local SageMaker or your account), ``plots``
 - chapter 1, data: ``data``, ``download``, ``s3``
-- chapter 2, training and tuning: ``packaging``, ``jobs`` (local jobs), ``hpo``, ``sagemaker_jobs``
+- chapter 2, training and tuning: ``packaging``, ``jobs`` (jobs without the emulator), ``hpo``, ``sagemaker_jobs``
+  (SDK v3 ``ModelTrainer`` and tuner)
 - chapter 3, Debugger and profiler: ``debugger_rules``, ``profiler_report``, ``evaluation``
 - chapter 4, deployment: ``serving`` (the local endpoint), ``deploy``
 - chapter 5, Lambda and autoscaling: ``lambda_function``, ``serverless``, ``autoscaling``
-- ``emulator/``: the local SageMaker (moto's control plane plus executors)
+- ``emulator/``: the local SageMaker the ``local`` backend sends the SDK's calls to (moto's control
+  plane plus executors)
 - the book and its tools: ``book`` (papermill + jupyter-book), ``bench``, ``nbstrip``
 """
 

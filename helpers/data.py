@@ -549,20 +549,10 @@ def manifest_record(cfg: RunConfig, report: DatasetReport, s3_uri: str | None = 
 
 def require_uploaded(boto_session: Any, record: dict[str, Any]) -> None:
     """Check that the data stage's S3 copy is still there (a new local SageMaker starts with an empty S3)."""
-    from helpers.manifest import PrerequisiteMissing
-    from helpers.s3 import parse_s3_uri
+    from helpers.session import require_in_s3
 
     uri = record.get("s3_uri")
-    if not uri:
-        raise PrerequisiteMissing("The data stage has no S3 copy: run chapter 01_data again.")
-    bucket, prefix = parse_s3_uri(uri)
-    try:
-        found = boto_session.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
-    except Exception:  # noqa: BLE001 - no bucket, no access: the same advice
-        found = {}
-    if not found.get("KeyCount"):
-        raise PrerequisiteMissing(f"The dataset is no longer in {uri} (a new local SageMaker starts with an "
-                                  "empty S3): run chapter 01_data again.")
+    require_in_s3(boto_session, f"{uri.rstrip('/')}/" if uri else None, "01_data")
 
 
 def upload_dataset(cfg: RunConfig, report: DatasetReport, *, client: Any | None = None,

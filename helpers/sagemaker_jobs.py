@@ -34,12 +34,8 @@ TRIAL_STATES = {"Completed": "COMPLETE", "Stopped": "PRUNED", "Failed": "FAIL", 
 
 def sdk_session(cfg: RunConfig, boto_session: Any) -> Any:
     """A SageMaker SDK session on ``boto_session`` whose default bucket is the one in ``cfg.s3_prefix``."""
-    import warnings
-
     from sagemaker.core.helper.session_helper import Session
 
-    # The SDK's waits draw a rich progress display, which asks for ipywidgets in a notebook.
-    warnings.filterwarnings("ignore", message='install "ipywidgets"', category=UserWarning)
     bucket, prefix = parse_s3_uri(cfg.s3_prefix)
     return Session(boto_session=boto_session, default_bucket=bucket, default_bucket_prefix=prefix or None,
                    sagemaker_config=SDK_CONFIG)
@@ -55,7 +51,7 @@ def training_image(region: str, instance_type: str) -> str:
 
 def inputs(data: Mapping[str, Any], splits: tuple[str, ...] = ("train", "valid", "test")) -> list[Any]:
     """The data stage's S3 channels as ``InputData``, for the splits asked for."""
-    from sagemaker.train.configs import InputData
+    from sagemaker.core.training.configs import InputData
 
     if not data.get("s3_uri"):
         raise ValueError("The data stage has no S3 URI: run chapter 01_data again.")
@@ -74,8 +70,8 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
     tuning trials never resume each other's. ``instance_count > 1`` runs torchrun on every instance.
     """
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import (CheckpointConfig, Compute, MetricDefinition, OutputDataConfig, SourceCode,
-                                         StoppingCondition)
+    from sagemaker.core.training.configs import (CheckpointConfig, Compute, MetricDefinition, OutputDataConfig,
+                                                 SourceCode, StoppingCondition)
     from sagemaker.train.distributed import Torchrun
 
     prefix = cfg.s3_prefix.rstrip("/")

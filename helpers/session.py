@@ -29,21 +29,35 @@ def region(cfg: RunConfig) -> str | None:
     return cfg.region or (LOCAL_REGION if cfg.backend == "local" else None)
 
 
+def quiet_sdk() -> None:
+    """Silence what the SDK and botocore say on every call and that tells a reader nothing.
+
+    SDK v3 logs where it looked for a defaults file (INFO, twice), warns "No region provided" when a
+    resource is created with a session that has one, and its waits ask for ipywidgets in a notebook;
+    botocore logs at INFO that it found ``AWS_ENDPOINT_URL``.
+    """
+    import warnings
+
+    for name in ("sagemaker.config", "sagemaker.core.utils.utils", "botocore.configprovider"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message='install "ipywidgets"', category=UserWarning)
+
+
 def connect(cfg: RunConfig) -> Any:
     """The boto3 session of the run (the local SageMaker, started when needed, or your AWS account)."""
     import boto3
 
+    quiet_sdk()
+
     if cfg.backend == "local":
         from helpers.emulator import background
 
-        server, started = background.ensure_running(cfg.work_path)
+        server, _ = background.ensure_running(cfg.work_path)
         env = server.environ(region(cfg) or LOCAL_REGION)
         os.environ.update(env)  # the SDK makes its own clients: they must find the local SageMaker too
         sess = boto3.Session(region_name=env["AWS_DEFAULT_REGION"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
         _ensure_bucket(sess, cfg.s3_prefix)
-        if started:
-            log.info("local SageMaker started at %s", server.endpoint_url)
         return sess
     for var in _ENDPOINT_VARS:  # a local run earlier in this process must not redirect real calls
         os.environ.pop(var, None)
@@ -83,6 +97,41 @@ def execution_role(cfg: RunConfig, boto_session: Any, role: str = "") -> str:
         iam.attach_role_policy(RoleName=LOCAL_ROLE_NAME,
                                PolicyArn="arn:aws:iam::aws:policy/AmazonSageMakerFullAccess")
         return arn
+
+
+def require_in_s3(boto_session: Any, uri: str | None, chapter: str) -> None:
+    """Stop with advice when what ``chapter`` put at ``uri`` (an object or a prefix) is gone.
+
+    A new local SageMaker starts with an empty S3, so a chapter run after it restarted finds nothing there.
+    """
+    from helpers.manifest import PrerequisiteMissing
+    from helpers.s3 import parse_s3_uri
+
+    if uri:
+        bucket, key = parse_s3_uri(uri)
+        try:
+            found = boto_session.client("s3").list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount")
+        except Exception:  # noqa: BLE001 - no bucket, no access: the same advice
+            found = 0
+        if found:
+            return
+    where = f"in {uri}" if uri else "recorded"
+    raise PrerequisiteMissing(f"What chapter {chapter} wrote is not {where} (a new local SageMaker starts with an "
+                              f"empty S3): run chapter {chapter} again.")
+
+
+def require_endpoint(boto_session: Any, name: str) -> None:
+    """Stop with advice when the endpoint chapter 4 left is not in service (deleted, or the local SageMaker restarted)."""
+    from botocore.exceptions import ClientError
+
+    from helpers.manifest import PrerequisiteMissing
+
+    try:
+        status = boto_session.client("sagemaker").describe_endpoint(EndpointName=name)["EndpointStatus"]
+    except ClientError:
+        status = "gone"
+    if status != "InService":
+        raise PrerequisiteMissing(f"Endpoint {name} is {status}, not InService: run chapter 04_deploy again.")
 
 
 def account(boto_session: Any) -> str:

@@ -6,9 +6,11 @@ Two contracts, as the service supports them:
   ``sagemaker_submit_directory`` (a ``sourcedir.tar.gz`` in S3, or a ``file://`` folder) name the
   script. As the sagemaker-training toolkit does, each hyperparameter is JSON-decoded, the
   ``sagemaker_*`` keys are dropped, and the rest reach the script as ``--key str(value)``, sorted.
-- **SDK v3 ModelTrainer**: ``code`` and ``sm_drivers`` channels; ``sm_drivers/sourcecode.json`` names the
-  entry script (or a command). As the SDK's basic driver does, the script gets ``--key value`` in the
-  request's order, strings as they are and other values JSON-encoded.
+- **SDK v3 ModelTrainer**: ``code`` and ``sm_drivers`` channels, with ``ContainerEntrypoint`` replacing the
+  container's own; ``sm_drivers/sourcecode.json`` names the entry script (or a command). As the SDK's
+  basic driver does, the script gets ``--key value`` in the request's order, strings as they are and
+  other values JSON-encoded. A tuning job cannot set ``ContainerEntrypoint``, so v3's tuning trials,
+  which carry ``sm_drivers`` and ``sagemaker_program`` both, take the framework container's path.
 
 A job's folder, ``<work>/emulator/training/NAME/``, is the container's ``/opt/ml``: ``input/config/``
 (``hyperparameters.json``, ``inputdataconfig.json``, ``resourceconfig.json``), ``input/data/CHANNEL``,
@@ -18,9 +20,15 @@ Where it differs from the container, on purpose:
 
 - Paths: ``/opt/ml`` is the job folder, and every ``SM_*`` path points into it. ``SAGEMAKER_BASE_DIR``
   and ``SM_CHECKPOINT_DIR`` say where it is; a script that hard-codes ``/opt/ml`` runs on the service only.
-- The interpreter is this one, started with ``-E -s`` (no ``PYTHON*`` variables, no user site-packages)
+- The interpreter is this one, as started with ``-E -s`` (no ``PYTHON*`` variables, no user site-packages)
   in the extracted code folder, so a module missing from what was shipped fails here as it would
-  there. ``requirements.txt`` is compared with what is installed, not installed.
+  there. A Python script is forked from a warm interpreter that imported numpy, PIL, torch and
+  torchvision once (:mod:`helpers.emulator.warm`): the container has them installed, and importing
+  them took longer than a tuning trial's training. ``requirements.txt`` is compared with what is
+  installed, not installed.
+- Jobs that run at once share this machine's cores: each gets ``OMP_NUM_THREADS`` = cores / running
+  jobs (unless its ``Environment`` sets it), where an instance would have its own.
+- ``model.tar.gz`` and ``output.tar.gz`` are gzip level 0 (stored): valid archives, written fast.
 - One machine: ``InstanceCount`` N runs N processes under torchrun here (``algo-1`` ... ``algo-N``).
 """
 
@@ -436,7 +444,10 @@ def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            try:
+                os.kill(proc.pid, sig)  # not (yet) a group leader
+            except ProcessLookupError:
+                return
         try:
             proc.wait(timeout=wait)
             return

@@ -43,8 +43,10 @@ sock = socket.socket(fileno=int(sys.argv[1]))
 sock.sendall(b'{"ready": true}\n')
 buf, pending_fds = b"", []
 
-def run_job(req, fd):
+def run_job(req, fd, started):
     os.setsid()
+    os.write(started, b"x")  # the parent answers with our pid only now: a stop can signal our group
+    os.close(started)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     os.dup2(fd, 1)
@@ -85,9 +87,14 @@ while True:
         while b"\n" in buf and pending_fds:
             line, buf = buf.split(b"\n", 1)
             req, fd = json.loads(line), pending_fds.pop(0)
+            ready_r, ready_w = os.pipe()
             pid = os.fork()
             if pid == 0:
-                run_job(req, fd)
+                os.close(ready_r)
+                run_job(req, fd, ready_w)
+            os.close(ready_w)
+            os.read(ready_r, 1)
+            os.close(ready_r)
             os.close(fd)
             sock.sendall(json.dumps({"id": req["id"], "pid": pid}).encode() + b"\n")
     while True:

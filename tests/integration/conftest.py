@@ -6,28 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
-
-from helpers import sagemaker_jobs
-from helpers.config import RunConfig
-
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
-
-
-@pytest.fixture
-def sagemaker_env(aws_credentials, tmp_path):
-    """``(cfg, session, sent)``: ``sent`` lists ``(operation, params)`` exactly as botocore sends them to moto."""
-    with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="sagebook-test")
-        cfg = RunConfig(backend="sagemaker", s3_prefix="s3://sagebook-test/run", region="us-east-1",
-                        work_dir=str(tmp_path))
-        sess = sagemaker_jobs.session(cfg)
-        sent = []
-        sess.sagemaker_client.meta.events.register(
-            "before-parameter-build.sagemaker", lambda params, model, **kw: sent.append((model.name, dict(params))))
-        yield cfg, sess, sent
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def test_quick_benchmark_json_has_every_section(tmp_path):
     assert limits["float32"] > 0 and len(hw) == len(limits) + 2
     assert all(r["share_of_limit"] == pytest.approx(r["gflop_per_s"] / limits[r["precision"]]) for r in hw)
     emulator = doc["emulator"]
-    assert [r["measure"].split(" ")[0] for r in emulator] == ["training", "invoke_endpoint"]
+    assert [r["measure"].split(" ")[0] for r in emulator] == ["training", "training", "invoke_endpoint"]
     assert all(r["direct_ms"] > 0 and r["added_ms"] == pytest.approx(r["emulator_ms"] - r["direct_ms"])
                for r in emulator)
     assert "== training ==" in proc.stdout

@@ -1,60 +1,75 @@
-"""Deploying to SageMaker with the SDK's PyTorchModel, and tearing it down, against moto."""
+"""Chapter 4's deployment with SDK v3's resources (Model, EndpointConfig, Endpoint) on the local SageMaker, and
+the teardown that removes what a run created."""
 
+import json
 import tarfile
 
 import boto3
 import pytest
 
-from helpers import deploy, sagemaker_jobs
+from helpers import deploy, serverless, session
 from helpers.config import SAGEMAKER_FRAMEWORK_VERSION, RunConfig
+from helpers.packaging import package_model
+from helpers.serving import invoke
 
-from .conftest import ROLE
-
-pytestmark = pytest.mark.aws
+pytestmark = [pytest.mark.aws, pytest.mark.slow]
 
 
 @pytest.fixture
-def aws(sagemaker_env):
-    yield sagemaker_env
+def aws(local_sagemaker, monkeypatch, tmp_path):
+    for k, v in local_sagemaker.environ().items():
+        monkeypatch.setenv(k, v)
+    boto_session = boto3.Session(region_name="us-east-1")
+    cfg = RunConfig(s3_prefix="s3://sagebook-test/run", work_dir=str(tmp_path))
+    return cfg, boto_session, session.execution_role(cfg, boto_session)
 
 
-def test_deploy_and_teardown(aws, trained_model, tmp_path):
-    cfg, sess, sent = aws
-    ep = deploy.deploy_sagemaker(cfg, trained_model, role=ROLE, sagemaker_session=sess, wait=False)
-    calls = dict(sent)
-    model = calls["CreateModel"]
-    assert f"pytorch-inference:{SAGEMAKER_FRAMEWORK_VERSION}" in model["PrimaryContainer"]["Image"]
-    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
-    data = model["PrimaryContainer"]["ModelDataUrl"]
-    assert data.startswith("s3://sagebook-test/") and data.endswith("model.tar.gz")
-    bucket, key = data[5:].split("/", 1)
-    boto3.client("s3").download_file(bucket, key, str(tmp_path / "m.tar.gz"))
+def deploy_like_chapter_4(boto_session, role, model_data, name):
+    from sagemaker.core.resources import Endpoint, EndpointConfig, Model
+    from sagemaker.core.shapes import ContainerDefinition, ProductionVariant
+
+    Model.create(model_name=name, execution_role_arn=role, session=boto_session,
+                 primary_container=ContainerDefinition(image=deploy.serving_image("us-east-1", "ml.m5.large"),
+                                                       model_data_url=model_data,
+                                                       environment=deploy.container_environment(1)))
+    EndpointConfig.create(endpoint_config_name=name, session=boto_session, production_variants=[
+        ProductionVariant(variant_name=deploy.VARIANT, model_name=name, initial_instance_count=1,
+                          instance_type="ml.m5.large")])
+    endpoint = Endpoint.create(endpoint_name=name, endpoint_config_name=name, session=boto_session)
+    endpoint.wait_for_status("InService", poll=1)
+    return endpoint
+
+
+@pytest.fixture
+def model_data(aws, trained_model, tmp_path):
+    _, boto_session, _ = aws
+    tar = package_model(trained_model, tmp_path / "model.tar.gz")
+    boto_session.client("s3").upload_file(str(tar), "sagebook-test", "run/model/model.tar.gz")
+    return "s3://sagebook-test/run/model/model.tar.gz"
+
+
+def test_deploy_invoke_and_teardown(aws, model_data, synthetic_root):
+    cfg, boto_session, role = aws
+    name = deploy.endpoint_name(cfg)
+    endpoint = deploy_like_chapter_4(boto_session, role, model_data, name)
+    assert endpoint.endpoint_status == "InService"
+    sm = boto_session.client("sagemaker")
+    container = sm.describe_model(ModelName=name)["PrimaryContainer"]
+    assert f"pytorch-inference:{SAGEMAKER_FRAMEWORK_VERSION}" in container["Image"]
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    image = next(p for p in sorted((synthetic_root / "test").rglob("*")) if p.is_file())
+    answer = invoke(boto_session.client("sagemaker-runtime"), name, image.read_bytes(), "image/png")
+    assert answer["predictions"][0]["top_k"]
+    assert deploy.teardown(sm, name) == [f"endpoint {name}", f"endpoint config {name}", f"model {name}"]
+    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
+    assert deploy.teardown(sm, name) == []  # a second teardown finds nothing and does not fail
+
+
+def test_the_artifact_holds_the_handlers(aws, model_data, tmp_path):
+    _, boto_session, _ = aws
+    boto_session.client("s3").download_file("sagebook-test", "run/model/model.tar.gz", str(tmp_path / "m.tar.gz"))
     with tarfile.open(tmp_path / "m.tar.gz") as t:
         assert {"model.pth", "model_config.json", "code/inference.py"} <= set(t.getnames())
-    variant = calls["CreateEndpointConfig"]["ProductionVariants"][0]
-    assert variant["InstanceType"] == "ml.m5.large" and variant["InitialInstanceCount"] == 1
-    assert calls["CreateEndpoint"]["EndpointName"] == ep.endpoint_name == deploy.endpoint_name(cfg)
-    sm = sess.sagemaker_client
-    assert sm.describe_endpoint(EndpointName=ep.endpoint_name)
-    ep.delete_endpoint()
-    names = [n for n, _ in sent]
-    assert {"DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"} <= set(names)
-    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
-    assert deploy.teardown(sm, ep.endpoint_name) == []  # a second teardown finds nothing and does not fail
-
-
-def test_predictor_sends_the_image_and_reads_json(aws, monkeypatch):
-    cfg, sess, _ = aws
-    ep = deploy.SageMakerEndpoint("ep", sess)
-    seen = {}
-
-    def fake_invoke(**kwargs):
-        seen.update(kwargs)
-        return {"Body": __import__("io").BytesIO(b'{"predictions": []}'), "ContentType": "application/json"}
-
-    monkeypatch.setattr(ep.predictor.sagemaker_session.sagemaker_runtime_client, "invoke_endpoint", fake_invoke)
-    assert ep.predict(b"\xff\xd8jpeg", "image/jpeg") == {"predictions": []}
-    assert seen["EndpointName"] == "ep" and seen["ContentType"] == "image/jpeg" and seen["Body"] == b"\xff\xd8jpeg"
 
 
 def test_endpoint_names_are_valid():
@@ -62,14 +77,19 @@ def test_endpoint_names_are_valid():
     assert len(name) <= 63 and all(c.isalnum() or c == "-" for c in name) and not name.startswith("-")
 
 
-def test_recorded_teardown_removes_scaling_then_the_endpoint(aws, trained_model):
-    from helpers import serverless
-
-    cfg, sess, sent = aws
-    ep = deploy.deploy_sagemaker(cfg, trained_model, role=ROLE, sagemaker_session=sess, wait=False)
-    aas = boto3.client("application-autoscaling")
-    serverless.enable_autoscaling(aas, ep.endpoint_name, serverless.ScalingPolicy())
-    removed = deploy.teardown_recorded(ep.record(), sagemaker_session=sess)
-    assert removed[:2] == ["scaling policy", "scalable target"] and any(r.startswith("endpoint ") for r in removed)
+def test_recorded_teardown_removes_scaling_then_the_endpoint(aws, model_data):
+    cfg, boto_session, role = aws
+    name = deploy.endpoint_name(cfg)
+    deploy_like_chapter_4(boto_session, role, model_data, name)
+    aas = boto_session.client("application-autoscaling")
+    serverless.enable_autoscaling(aas, name, serverless.ScalingPolicy())
+    removed = deploy.teardown_recorded({"backend": "local", "name": name, "region": "us-east-1"}, boto_session)
+    assert removed[:2] == ["scaling policy", "scalable target"] and f"endpoint {name}" in removed
     assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
-    assert sess.sagemaker_client.list_endpoints()["Endpoints"] == []
+    assert boto_session.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+
+def test_container_settings():
+    assert json.loads(json.dumps(deploy.container_environment(3))) == {
+        "SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "3"}

@@ -335,3 +335,67 @@ def test_python_m_helpers_emulator_serves_until_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+PROBE = '''import json, os, sys, time
+import torch
+print("probe", json.dumps({"cwd": os.getcwd(), "argv": sys.argv, "path0": sys.path[0], "pid": os.getpid(),
+                           "pgid": os.getpgid(0), "threads": torch.get_num_threads(),
+                           "omp": os.environ.get("OMP_NUM_THREADS"), "leak": os.environ.get("SAGEBOOK_LEAK"),
+                           "helpers": any(m == "helpers" or m.startswith("helpers.") for m in sys.modules)}))
+time.sleep(float(os.environ.get("HOLD", "0")))
+sys.exit(int(os.environ.get("EXIT", "0")))
+'''
+
+
+def probe(local_sagemaker, name):
+    return json.loads(next(x for x in log_lines(local_sagemaker, name) if x.startswith("probe "))[6:])
+
+
+def test_a_job_forked_from_the_warm_interpreter_is_a_fresh_script_run(local_sagemaker, clients, tmp_path,
+                                                                       monkeypatch):
+    """Forked from the interpreter that preloaded torch, a job still gets its own process group, folder, argv,
+    environment (nothing of the emulator's), thread count, and exit status; and none of the emulator's code."""
+    sm, s3 = clients
+    monkeypatch.setenv("SAGEBOOK_LEAK", "emulator-only")  # the emulator's environment, not the job's
+    submit = put_sourcedir(s3, write_script(tmp_path / "src", PROBE))
+    sm.create_training_job(**job_request("probe-1", submit, {"lr": 0.1},
+                                         Environment={"OMP_NUM_THREADS": "1", "EXIT": "3"}))
+    d = wait(sm, "probe-1")
+    assert d["TrainingJobStatus"] == "Failed" and "ExitCode 3" in d["FailureReason"]
+    p = probe(local_sagemaker, "probe-1")
+    code = local_sagemaker.work_dir / "emulator" / "training" / "probe-1" / "code"
+    assert p["cwd"] == str(code) and p["path0"] == str(code) and p["argv"] == ["train.py", "--lr", "0.1"]
+    assert p["pgid"] == p["pid"]  # its own process group: a stop ends it and its children
+    assert p["threads"] == 1 and p["omp"] == "1" and p["leak"] is None and p["helpers"] is False
+    assert local_sagemaker.training.warm_interpreter().available()  # it did come from the warm interpreter
+
+
+def test_jobs_running_at_once_share_the_cores(local_sagemaker, clients, tmp_path):
+    import os
+
+    sm, s3 = clients
+    submit = put_sourcedir(s3, write_script(tmp_path / "src", PROBE))
+    for name in ("share-1", "share-2"):
+        sm.create_training_job(**job_request(name, submit, Environment={"HOLD": "3"}))
+    for name in ("share-1", "share-2"):
+        assert wait(sm, name)["TrainingJobStatus"] == "Completed"
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert [probe(local_sagemaker, n)["threads"] for n in ("share-1", "share-2")] == [share, share]
+    sm.create_training_job(**job_request("alone", submit))
+    wait(sm, "alone")
+    assert probe(local_sagemaker, "alone")["threads"] == (os.cpu_count() or 1)
+
+
+def test_a_tuning_trial_takes_the_framework_containers_path(local_sagemaker, clients, tmp_path):
+    """v3's tuner sends sm_drivers and sagemaker_program but cannot set ContainerEntrypoint: the container's
+    training toolkit runs the script (argv from the toolkit), not the SDK's driver."""
+    sm, s3 = clients
+    submit = put_sourcedir(s3, write_script(tmp_path / "src", PROBE))
+    drivers = put_tree(s3, write_script(tmp_path / "drivers", json.dumps({"entry_script": "missing.py"}),
+                                        "sourcecode.json"), "drivers")
+    req = job_request("trial-1", submit, {"lr": 0.1}, {"sm_drivers": drivers})
+    req["HyperParameters"]["sagemaker_program"] = "train.py"  # v3 sends it without JSON quotes
+    sm.create_training_job(**req)
+    assert wait(sm, "trial-1")["TrainingJobStatus"] == "Completed"
+    assert probe(local_sagemaker, "trial-1")["argv"] == ["train.py", "--lr", "0.1"]

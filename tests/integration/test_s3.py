@@ -80,12 +80,28 @@ def test_s3_dataset_source(client, synthetic_root, work_dir, monkeypatch):
     assert data.validate_dataset(root, progress=False).usable
 
 
-def test_upload_dataset_on_sagemaker_backend(client, synthetic_root, work_dir):
-    cfg = RunConfig(backend="sagemaker", s3_prefix="s3://sagebook-test/run1/", work_dir=str(work_dir))
+@pytest.mark.parametrize("backend", ["sagemaker", "local"])
+def test_upload_dataset_on_both_backends(client, synthetic_root, work_dir, backend):
+    cfg = RunConfig(backend=backend, s3_prefix="s3://sagebook-test/run1/", work_dir=str(work_dir))
     report = data.validate_dataset(synthetic_root, progress=False)
     uri = data.upload_dataset(cfg, report, client=client, progress=False)
     assert uri == f"s3://sagebook-test/run1/data/{synthetic_root.name}"
     assert len(keys(client, "run1/data/")) == 30 + 1  # images and the completion marker
+
+
+def test_later_chapters_notice_an_empty_bucket(client, synthetic_root, work_dir):
+    import boto3
+
+    from helpers.manifest import PrerequisiteMissing
+
+    cfg = RunConfig(s3_prefix="s3://sagebook-test/run2", work_dir=str(work_dir))
+    report = data.validate_dataset(synthetic_root, progress=False)
+    record = data.manifest_record(cfg, report, f"{cfg.s3_prefix}/data/{synthetic_root.name}")
+    sess = boto3.Session(region_name="us-east-1")
+    with pytest.raises(PrerequisiteMissing, match="run chapter 01_data again"):
+        data.require_uploaded(sess, record)  # a new local SageMaker starts with an empty S3
+    data.upload_dataset(cfg, report, client=client, progress=False)
+    data.require_uploaded(sess, record)
 
 
 def test_missing_bucket_and_empty_prefix(client, tmp_path):

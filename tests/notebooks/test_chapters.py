@@ -190,31 +190,35 @@ def test_publish_puts_reports_where_the_build_copies_them(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path):
+def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     import psutil
 
+    from helpers.emulator import background
+
+    request.addfinalizer(lambda: background.stop(tmp_path / "work"))  # also when an assertion fails
     common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
               "synthetic_images": 10}
     execute("01_data", tmp_path, **common)
+    server = background.running(tmp_path / "work")
+    assert server is not None  # chapter 1 started the run's local SageMaker; the next chapters find it
     execute("03_debug_profile", tmp_path, **common,
             hyperparameters={"lr": 0.01, "batch_size": 8, "epochs": 1, "image_size": 32})
     nb = execute("04_deploy", tmp_path, **common, n_requests=6)
+    assert background.running(tmp_path / "work") == server
     rec = Manifest.load(tmp_path / "work").require("endpoint")
-    assert rec["backend"] == "local" and psutil.pid_exists(rec["pid"])  # kept for chapter 5
+    assert rec["backend"] == "local" and rec["region"] == "us-east-1"  # kept for chapter 5
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
     text = "".join(o.get("text", "") for o in outputs)
     assert "HTTP 200 | ContentType: application/json" in text and "6 requests: p50" in text
-    removed = book.teardown(common)
-    assert removed and not psutil.pid_exists(rec["pid"]) or psutil.Process(rec["pid"]).status() == "zombie"
-    assert Manifest.load(tmp_path / "work").get("endpoint") is None
-    # chapter 5 calls the endpoint through the Lambda handler, load-tests it, simulates, and cleans up
-    execute("04_deploy", tmp_path, **common, n_requests=2)
-    pid = Manifest.load(tmp_path / "work").require("endpoint")["pid"]
+    # chapter 5 calls the endpoint through the Lambda function, load-tests it, simulates; the runner cleans up
     nb5 = execute("05_lambda_autoscaling", tmp_path, **common, concurrency=[1, 2], requests_per_level=6,
-                  max_seconds=5)
+                  max_seconds=5, cleanup=False)
     text5 = "".join(o.get("text", "") for c in nb5.cells if c.cell_type == "code" for o in c.outputs)
     assert "test event -> 200" in text5 and "bad event -> 400" in text5 and "Simulation, policy" in text5
     assert sum("image/png" in o.get("data", {}) for c in nb5.cells if c.cell_type == "code" for o in c.outputs) == 3
+    removed = book.teardown(common)
+    assert f"endpoint {rec['name']}" in removed and "the local SageMaker" in removed
     assert Manifest.load(tmp_path / "work").get("endpoint") is None
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == "zombie"
+    assert background.running(tmp_path / "work") is None

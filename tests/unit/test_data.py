@@ -171,11 +171,6 @@ def test_prepare_dataset_sources(work_dir, synthetic_root):
     assert data.prepare_dataset(RunConfig(dataset=str(synthetic_root), work_dir=str(work_dir))) == synthetic_root
 
 
-def test_upload_dataset_is_a_no_op_locally(synthetic_root, cfg):
-    r = data.validate_dataset(synthetic_root, progress=False)
-    assert data.upload_dataset(cfg, r) is None
-
-
 def test_plots(tmp_path, synthetic_root):
     r = data.validate_dataset(synthetic_root, progress=False)
     fig = plots.class_counts(r)

@@ -1,7 +1,7 @@
 import optuna
 import pandas as pd
 import pytest
-from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
+from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
 
 from helpers import hpo
 from helpers.config import RunConfig

@@ -375,3 +375,36 @@ def test_instrumentation_flags_are_derived_from_the_dataclass():
     args = train.get_args_parser().parse_args(["--data-dir", "d", *argv])
     assert Instrumentation.from_mapping(vars(args)) == inst
     assert "train.save_interval" in train.get_args_parser().format_help()  # the field's help text
+
+
+def test_feature_cache_key_follows_content_not_location(tmp_path, synthetic_root):
+    """Every training job gets its own copy of a channel: the same images must find the same features."""
+    from helpers.runtime.presets import Preprocessing
+
+    classes = train.class_folders(synthetic_root / "train")
+    copy = shutil.copytree(synthetic_root / "train", tmp_path / "elsewhere" / "train")
+    cfg, prep = TrainConfig(), Preprocessing.for_size(32)
+    key = train.feature_key(train.list_samples(synthetic_root / "train", classes), cfg, prep)
+    assert train.feature_key(train.list_samples(copy, classes), cfg, prep) == key
+    image = sorted(copy.rglob("*.png"))[0]
+    image.write_bytes(image.read_bytes() + b"\0")  # same name, same place, other bytes
+    assert train.feature_key(train.list_samples(copy, classes), cfg, prep) != key
+
+
+def test_feature_cache_entries_are_computed_by_one_job_at_a_time(tmp_path):
+    import threading
+
+    events = []
+
+    def second():
+        with train._cache_lock(tmp_path / "x.pt"):
+            events.append("second")
+
+    with train._cache_lock(tmp_path / "x.pt"):
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and events == []  # waits while the first computes
+        events.append("first")
+    t.join(5)
+    assert events == ["first", "second"]
