@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations from here
 
@@ -179,8 +179,12 @@ class LocalEndpoint:
     """``python -m helpers.serving`` as a managed background process, called through boto3."""
 
     def __init__(self, model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook", port: int | None = None,
-                 workers: int = 1, host: str = "127.0.0.1", log_file: str | os.PathLike[str] | None = None) -> None:
+                 workers: int = 1, host: str = "127.0.0.1", log_file: str | os.PathLike[str] | None = None,
+                 spawn: Callable[[list[str], Path, Any], Any] | None = None) -> None:
+        """``spawn(argv, cwd, log)`` starts the server (``argv`` without the interpreter) and returns a
+        ``Popen``-like process; by default a new interpreter in its own session."""
         self.model_dir = check_model_dir(model_dir)
+        self.spawn = spawn
         self.endpoint_name = endpoint_name
         self.host, self.port, self.workers = host, port or free_port(), workers
         self.log_file = Path(log_file) if log_file else None
@@ -192,13 +196,18 @@ class LocalEndpoint:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 120) -> "LocalEndpoint":
-        cmd = [sys.executable, "-m", "helpers.serving", "--model-dir", str(self.model_dir), "--port", str(self.port),
-               "--host", self.host, "--workers", str(self.workers), "--name", self.endpoint_name]
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        # its own session: the endpoint outlives the notebook kernel that started it (chapter 5 calls it);
-        # delete_endpoint(), or stop_local_endpoint() with the recorded pid, ends it
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=Path(__file__).resolve().parent.parent)
+        args = ["-m", "helpers.serving", "--model-dir", str(self.model_dir), "--port", str(self.port),
+                "--host", self.host, "--workers", str(self.workers), "--name", self.endpoint_name]
+        root = Path(__file__).resolve().parent.parent
+        if self.spawn is not None:
+            with open(self.log_file or os.devnull, "ab") as out:
+                self.proc = self.spawn(args, root, out)
+        else:
+            out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+            # its own session: the endpoint outlives the notebook kernel that started it (chapter 5 calls it);
+            # delete_endpoint(), or stop_local_endpoint() with the recorded pid, ends it
+            self.proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=root)
         self.wait_healthy(timeout_s)
         return self
 

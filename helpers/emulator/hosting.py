@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import logging
 import re
 import shutil
@@ -58,8 +59,10 @@ class InvocationError(AwsError):  # noqa: N818 - named as the runtime's errors a
 class Endpoints:
     """CreateEndpoint and DeleteEndpoint executed, and the runtime's InvokeEndpoint; moto keeps the rest."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, warm: Callable[[], Any] | None = None) -> None:
+        """``warm()``: the warm interpreter model servers fork from (:mod:`helpers.emulator.warm`), if any."""
         self.root = Path(root)
+        self.warm = warm
         self.hosted: dict[tuple[str, str], _Hosted] = {}
         self._lock = threading.Lock()
 
@@ -119,6 +122,14 @@ class Endpoints:
             if hosted.server is not None:
                 hosted.server.delete_endpoint()
 
+    def _spawn(self) -> Callable[[list[str], Path, Any], Any] | None:
+        """Start model servers from the warm interpreter (torch imported once), as the container has it installed."""
+        zygote = self.warm() if self.warm is not None else None
+        if zygote is None or not zygote.available():
+            return None
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTHON"))}
+        return lambda argv, cwd, out: zygote.spawn(argv, cwd, env, output=out)
+
     def _start(self, hosted: _Hosted, config_name: str) -> None:
         from helpers.serving import EndpointError, LocalEndpoint
 
@@ -142,7 +153,8 @@ class Endpoints:
             _fetch_model(data_url, folder)
             env = container.get("Environment") or {}
             workers = int(env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
-            server = LocalEndpoint(model_dir, hosted.name, workers=workers, log_file=folder / "server.log")
+            server = LocalEndpoint(model_dir, hosted.name, workers=workers, log_file=folder / "server.log",
+                                   spawn=self._spawn())
             hosted.server = server
             server.start(timeout_s=START_TIMEOUT_S)
             hosted.endpoint.endpoint_status = "InService"

@@ -292,7 +292,7 @@ class LocalSageMaker:
         if self.prewarm:  # import PyTorch for the first job while the chapters do other things
             self.training.warm_interpreter()
         self.tuning = TuningJobs(self.training)
-        self.endpoints = Endpoints(self.work_dir / "emulator" / "endpoints")
+        self.endpoints = Endpoints(self.work_dir / "emulator" / "endpoints", warm=self.training.warm_interpreter)
         self.functions = Functions(self.work_dir / "emulator" / "lambda", lambda: self.endpoint_url,
                                    pending_s=self.lambda_pending_s)
         class Dispatcher(DomainDispatcherApplication):

@@ -186,6 +186,7 @@ class _Run:
     metrics: dict[str, list[float]] = field(default_factory=dict)
     on_metric: MetricCallback | None = None
     thread: threading.Thread | None = None
+    peers: int = 1  # jobs expected to run alongside, this one included (a tuning job's parallel trials)
 
 
 class TrainingJobs:
@@ -209,7 +210,8 @@ class TrainingJobs:
         return sagemaker_backends[ACCOUNT_ID][region]
 
     # -- API -------------------------------------------------------------------------------------
-    def create(self, params: dict[str, Any], region: str, on_metric: MetricCallback | None = None) -> dict[str, Any]:
+    def create(self, params: dict[str, Any], region: str, on_metric: MetricCallback | None = None,
+               peers: int = 1) -> dict[str, Any]:
         name = params["TrainingJobName"]
         backend = self.backend(region)
         with self._lock:
@@ -241,7 +243,8 @@ class TrainingJobs:
             job.final_metric_data_list = None
             job.training_start_time = job.training_end_time = None
             job.model_artifacts = None
-            run = _Run(name=name, region=region, job=job, params=original, root=self.root / name, on_metric=on_metric)
+            run = _Run(name=name, region=region, job=job, params=original, root=self.root / name, on_metric=on_metric,
+                       peers=peers)
             self.runs[(region, name)] = run
         self._transition(run, "Starting", "Launching requested ML instances")
         run.thread = threading.Thread(target=self._execute, args=(run,), name=f"training-{name}", daemon=True)
@@ -315,7 +318,7 @@ class TrainingJobs:
             _write_config(params, layout, channels)
             command, cwd, env = _container_command(params, run.name, job.arn, layout, channels)
             if "OMP_NUM_THREADS" not in (params.get("Environment") or {}):
-                env["OMP_NUM_THREADS"] = str(self._cpu_share())
+                env["OMP_NUM_THREADS"] = str(self._cpu_share(run.peers))
             self._transition(run, "Training", "Training image download completed. Training in progress.")
             job.training_start_time = now()
             if not run.stop.is_set():
@@ -355,12 +358,13 @@ class TrainingJobs:
             job.training_job_status = status
             run.done.set()
 
-    def _cpu_share(self) -> int:
+    def _cpu_share(self, peers: int = 1) -> int:
         """Threads for a job starting now: on the service each job has its instance's cores; here jobs running
         at once share this machine's, and two PyTorch jobs with a thread per core each run several times slower
-        than with half the threads (their threads spin waiting for cores)."""
+        than with half the threads (their threads spin waiting for cores). ``peers``: the jobs expected to run
+        alongside it (a tuning job's parallel trials start a moment apart)."""
         running = sum(1 for r in self.runs.values() if not r.done.is_set())
-        return max(1, (os.cpu_count() or 1) // max(1, running))
+        return max(1, (os.cpu_count() or 1) // max(1, running, peers))
 
     def warm_interpreter(self) -> Any:
         """The warm interpreter Python jobs fork from, started on first use."""
@@ -399,6 +403,7 @@ class TrainingJobs:
             for raw in proc.stdout:
                 line = raw.rstrip("\n")
                 logf.write(raw)
+                logf.flush()  # job.log follows the job as it runs
                 stream.write(line)
                 tail.append(line)
                 for metric, value in parse_metrics(line, regexes):

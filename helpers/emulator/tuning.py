@@ -127,6 +127,7 @@ class _Tuning:
     trials: list[dict[str, Any]] = field(default_factory=list)  # name, hyperparameters, values, status
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
+    parallel: int = 1  # trials at once (MaxParallelTrainingJobs, at most the number of trials)
 
 
 class TuningJobs:
@@ -298,6 +299,7 @@ class TuningJobs:
         sampler = (optuna.samplers.TPESampler(seed=seed) if strategy == "Bayesian"
                    else optuna.samplers.RandomSampler(seed=seed))
         parallel = max(1, int(limits.get("MaxParallelTrainingJobs") or 1))
+        run.parallel = max(1, min(parallel, total))
         maximize = config["HyperParameterTuningJobObjective"]["Type"] == "Maximize"
         study = optuna.create_study(direction="maximize" if maximize else "minimize", sampler=sampler)
         early = config.get("TrainingJobEarlyStoppingType", "Off") == "Auto"
@@ -398,7 +400,7 @@ class TuningJobs:
                 request[key] = definition[key]
         try:
             try:
-                self.training.create(request, run.region, on_metric=on_metric)
+                self.training.create(request, run.region, on_metric=on_metric, peers=run.parallel)
             except AwsError as e:
                 log.warning("tuning job %s: trial %s was refused: %s", run.name, name, e.message)
                 if trial is not None:

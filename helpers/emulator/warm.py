@@ -9,8 +9,9 @@ session (process group), working folder, environment, ``sys.argv``, the script's
 ``sys.path``, and the script run as ``__main__``. Its output goes to the pipe the emulator reads.
 
 :meth:`Zygote.spawn` returns a :class:`WarmProcess` with the parts of ``subprocess.Popen`` the
-supervisor uses (``pid``, ``stdout``, ``poll``, ``wait``, ``returncode``). A job that needs another
-interpreter (torchrun, a shell command) still starts one with ``subprocess``.
+supervisor and the local endpoint use (``pid``, ``stdout``, ``poll``, ``wait``, ``terminate``, ``kill``,
+``returncode``). The endpoints' model servers (``python -m helpers.serving``) fork from it too. A job
+that needs another interpreter (torchrun, a shell command) still starts one with ``subprocess``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -60,11 +62,16 @@ def run_job(req, fd, started):
         torch = sys.modules["torch"]
         n = os.environ.get("OMP_NUM_THREADS", "")
         torch.set_num_threads(int(n) if n.isdigit() and int(n) > 0 else max(1, os.cpu_count() or 1))
-    sys.argv = list(req["argv"])
-    sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+    argv = list(req["argv"])
+    module = argv[1] if argv[0] == "-m" else None
+    sys.argv = [module] + argv[2:] if module else argv
+    sys.path[0] = os.getcwd() if module else os.path.dirname(os.path.abspath(argv[0]))
     code = 0
     try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
+        if module:  # python -m module: the working folder first on sys.path
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(sys.argv[0], run_name="__main__")
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, (int, type(None))):
@@ -109,11 +116,25 @@ while True:
 
 
 class WarmProcess:
-    """A job forked from the zygote, with the ``Popen`` interface the supervisor uses."""
+    """A job forked from the zygote, with the ``Popen`` interface the supervisor and the endpoint use."""
 
     def __init__(self, pid: int, stdout: Any, zygote: "Zygote") -> None:
         self.pid, self.stdout, self._zygote = pid, stdout, zygote
         self.returncode: int | None = None
+
+    def send_signal(self, sig: int) -> None:
+        """To the job's process group (it is its leader), as ``Popen(start_new_session=True)`` children get it."""
+        if self.poll() is None:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -194,12 +215,17 @@ class Zygote:
         self._ready.wait(self.ready_timeout_s)
         return self._ready.is_set() and not self._failed and self._proc.poll() is None
 
-    def spawn(self, argv: Sequence[str], cwd: str | os.PathLike[str], env: Mapping[str, str]) -> WarmProcess:
-        """Fork a job that runs ``python argv[0] argv[1:]`` in ``cwd`` with exactly ``env``."""
+    def spawn(self, argv: Sequence[str], cwd: str | os.PathLike[str], env: Mapping[str, str],
+              output: Any = None) -> WarmProcess:
+        """Fork a job that runs ``python argv[0] argv[1:]`` (or ``python -m MODULE ...``) in ``cwd`` with exactly
+        ``env``. Its output goes to a pipe (``.stdout``), or to ``output``, an open file."""
         if not self.available():
             raise RuntimeError("the warm interpreter is not running")
         assert self._sock is not None
-        read_fd, write_fd = os.pipe()
+        if output is not None:
+            read_fd, write_fd = None, os.dup(output.fileno())
+        else:
+            read_fd, write_fd = os.pipe()
         try:
             with self._lock:
                 self._next_id += 1
@@ -209,14 +235,14 @@ class Zygote:
         finally:
             os.close(write_fd)
         with self._pid_arrived:
-            if not self._pid_arrived.wait_for(lambda: req_id in self._pids or self._failed, timeout=30):
-                os.close(read_fd)
-                raise RuntimeError("the warm interpreter did not start the job")
-            if req_id not in self._pids:
-                os.close(read_fd)
-                raise RuntimeError("the warm interpreter ended")
+            arrived = self._pid_arrived.wait_for(lambda: req_id in self._pids or self._failed, timeout=30)
+            if not arrived or req_id not in self._pids:
+                if read_fd is not None:
+                    os.close(read_fd)
+                raise RuntimeError("the warm interpreter did not start the job" if not arrived
+                                   else "the warm interpreter ended")
             pid = self._pids.pop(req_id)
-        stdout = open(read_fd, encoding="utf-8", errors="replace", newline=None)
+        stdout = open(read_fd, encoding="utf-8", errors="replace", newline=None) if read_fd is not None else None
         return WarmProcess(pid, stdout, self)
 
     def stop(self) -> None:

@@ -341,7 +341,7 @@ PROBE = '''import json, os, sys, time
 import torch
 print("probe", json.dumps({"cwd": os.getcwd(), "argv": sys.argv, "path0": sys.path[0], "pid": os.getpid(),
                            "pgid": os.getpgid(0), "threads": torch.get_num_threads(),
-                           "omp": os.environ.get("OMP_NUM_THREADS"), "leak": os.environ.get("SAGEBOOK_LEAK"),
+                           "omp": os.environ.get("OMP_NUM_THREADS"), "leak": os.environ.get("AWS_SECRET_ACCESS_KEY"),
                            "helpers": any(m == "helpers" or m.startswith("helpers.") for m in sys.modules)}))
 time.sleep(float(os.environ.get("HOLD", "0")))
 sys.exit(int(os.environ.get("EXIT", "0")))
@@ -357,7 +357,7 @@ def test_a_job_forked_from_the_warm_interpreter_is_a_fresh_script_run(local_sage
     """Forked from the interpreter that preloaded torch, a job still gets its own process group, folder, argv,
     environment (nothing of the emulator's), thread count, and exit status; and none of the emulator's code."""
     sm, s3 = clients
-    monkeypatch.setenv("SAGEBOOK_LEAK", "emulator-only")  # the emulator's environment, not the job's
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "emulator-only")  # the emulator's credentials, not the job's
     submit = put_sourcedir(s3, write_script(tmp_path / "src", PROBE))
     sm.create_training_job(**job_request("probe-1", submit, {"lr": 0.1},
                                          Environment={"OMP_NUM_THREADS": "1", "EXIT": "3"}))
@@ -375,16 +375,23 @@ def test_jobs_running_at_once_share_the_cores(local_sagemaker, clients, tmp_path
     import os
 
     sm, s3 = clients
+    cores = os.cpu_count() or 1
     submit = put_sourcedir(s3, write_script(tmp_path / "src", PROBE))
-    for name in ("share-1", "share-2"):
-        sm.create_training_job(**job_request(name, submit, Environment={"HOLD": "3"}))
-    for name in ("share-1", "share-2"):
+    sm.create_training_job(**job_request("first", submit, Environment={"HOLD": "6"}))
+    log = local_sagemaker.work_dir / "emulator" / "training" / "first" / "job.log"  # written as it comes
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and "probe " in log.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    sm.create_training_job(**job_request("second", submit))  # starts while the first runs
+    for name in ("first", "second"):
         assert wait(sm, name)["TrainingJobStatus"] == "Completed"
-    share = max(1, (os.cpu_count() or 1) // 2)
-    assert [probe(local_sagemaker, n)["threads"] for n in ("share-1", "share-2")] == [share, share]
-    sm.create_training_job(**job_request("alone", submit))
-    wait(sm, "alone")
-    assert probe(local_sagemaker, "alone")["threads"] == (os.cpu_count() or 1)
+    assert probe(local_sagemaker, "first")["threads"] == cores  # alone when it started
+    assert probe(local_sagemaker, "second")["threads"] == max(1, cores // 2)
+    # a tuning job's parallel trials start a moment apart: each gets its share from the start
+    run = local_sagemaker.training.create(job_request("peer", submit), "us-east-1", peers=2)
+    wait(sm, "peer")
+    assert probe(local_sagemaker, "peer")["threads"] == max(1, cores // 2) and run["TrainingJobArn"]
 
 
 def test_a_tuning_trial_takes_the_framework_containers_path(local_sagemaker, clients, tmp_path):

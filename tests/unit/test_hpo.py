@@ -53,7 +53,7 @@ def test_cached_features_are_shared_by_trials(setup):
     cfg, data = setup
     small = {"lr": hpo.LogUniform(1e-3, 1e-1), "batch_size": hpo.Choice((8,)), "epochs": hpo.IntRange(1, 2)}
     hpo.tune_local(cfg, data, n_trials=2, space=small, study_name="a")
-    cache = sorted((cfg.work_path / "cache" / "features").iterdir())
+    cache = sorted((cfg.work_path / "cache" / "features").glob("*.pt"))
     assert [f.name.split("-")[2] for f in cache] == ["train", "valid"]  # computed once, never for test
 
 

@@ -156,12 +156,12 @@ def test_feature_cache_is_reused(paths, tmp_path):
     cache = tmp_path / "cache"
     cfg = TrainConfig(**FAST, feature_cache=str(cache))
     train.fit(cfg, paths("a", checkpoint_dir=None), emit=quiet([]))
-    files = sorted(cache.iterdir())
+    files = sorted(cache.glob("*.pt"))
     assert len(files) == 3 and all(f.name.startswith("resnet18-32-") for f in files)
     stamps = [f.stat().st_mtime_ns for f in files]
     train.fit(TrainConfig(**{**FAST, "lr": 0.05}, feature_cache=str(cache)), paths("b", checkpoint_dir=None),
               emit=quiet([]))
-    assert [f.stat().st_mtime_ns for f in sorted(cache.iterdir())] == stamps  # other lr: same features
+    assert [f.stat().st_mtime_ns for f in sorted(cache.glob("*.pt"))] == stamps  # other lr: same features
 
 
 def test_early_stopping(paths):
@@ -231,7 +231,8 @@ def test_metric_regexes_are_the_sagemaker_definitions():
     assert {d["Name"] for d in defs} == set(metrics.METRIC_REGEXES)
     line = metrics.format_metrics("valid", 3, loss=0.25, accuracy=0.875)
     assert line == "#metrics split=valid epoch=3 loss=0.25 accuracy=0.875"
-    assert metrics.parse_line(line) == {"valid:loss": 0.25, "valid:accuracy": 0.875}
+    assert metrics.parse_line(line) == {"valid:loss": 0.25, "valid:accuracy": 0.875, "epoch": 3.0}
+    assert "epoch" not in metrics.parse_line("#metrics split=valid epoch=best loss=0.2 accuracy=0.9")
     assert metrics.parse_line("#metrics split=train epoch=1 loss=1e-05 accuracy=1") == {
         "train:loss": 1e-05, "train:accuracy": 1.0}
     assert metrics.parse_line("INFO valid accuracy=0.9") == {}
@@ -386,7 +387,7 @@ def test_feature_cache_key_follows_content_not_location(tmp_path, synthetic_root
     cfg, prep = TrainConfig(), Preprocessing.for_size(32)
     key = train.feature_key(train.list_samples(synthetic_root / "train", classes), cfg, prep)
     assert train.feature_key(train.list_samples(copy, classes), cfg, prep) == key
-    image = sorted(copy.rglob("*.png"))[0]
+    image = sorted(f for f in copy.rglob("*") if f.is_file())[0]
     image.write_bytes(image.read_bytes() + b"\0")  # same name, same place, other bytes
     assert train.feature_key(train.list_samples(copy, classes), cfg, prep) != key
 
