@@ -76,6 +76,7 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
 
     prefix = cfg.s3_prefix.rstrip("/")
     src = Path(source_dir) if source_dir else stage_source_dir(Path(tempfile.mkdtemp(prefix="sagebook-src-")) / "src")
+    hyperparameters, channels = weights_channel(session, prefix, hyperparameters)
     trainer = ModelTrainer(
         training_image=training_image(session.boto_region_name, instance_type),
         source_code=SourceCode(source_dir=str(src), entry_script="train.py"),
@@ -87,10 +88,39 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
                                              max_wait_time_in_seconds=2 * max_run_s if use_spot else None),
         output_data_config=OutputDataConfig(s3_output_path=f"{prefix}/output"),
         checkpoint_config=CheckpointConfig(s3_uri=f"{prefix}/checkpoints"),
-        role=role, sagemaker_session=session, base_job_name=base_job_name,
+        role=role, sagemaker_session=session, base_job_name=base_job_name, input_data_config=channels or None,
     )
     return trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"])
                                             for m in metric_definitions()])
+
+
+def weights_channel(session: Any, prefix: str, hyperparameters: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """A local ``weights`` file travels as the ``weights`` channel: a path on this machine does not exist in
+    the container. The file goes to ``{prefix}/weights/NAME`` (once), the hyperparameter becomes ``NAME``, and
+    the entry point finds it in ``SM_CHANNEL_WEIGHTS``."""
+    from sagemaker.core.training.configs import Channel, DataSource, S3DataSource
+
+    from helpers.runtime.catalog import WEIGHTS
+
+    hp = dict(hyperparameters)
+    weights = str(hp.get("weights") or "none")
+    if weights in WEIGHTS:
+        return hp, []
+    local = Path(weights).expanduser()
+    if not local.is_file():
+        raise ValueError(f"weights {weights!r} is neither one of {', '.join(WEIGHTS)} nor a file on this machine")
+    bucket, key = parse_s3_uri(f"{prefix}/weights/{local.name}")
+    s3 = session.boto_session.client("s3")
+    try:
+        same = s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == local.stat().st_size
+    except Exception:  # noqa: BLE001 - not there yet
+        same = False
+    if not same:
+        s3.upload_file(str(local), bucket, key)
+    hp["weights"] = local.name
+    channel = Channel(channel_name="weights", input_mode="File", data_source=DataSource(s3_data_source=S3DataSource(
+        s3_data_type="S3Prefix", s3_uri=f"s3://{bucket}/{key}", s3_data_distribution_type="FullyReplicated")))
+    return hp, [channel]
 
 
 def base_job_name(cfg: RunConfig, stage: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import logging
 import os
 import time
 import uuid
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from helpers.config import temporary_environ
+
+log = logging.getLogger(__name__)
 
 HANDLER_FILE = Path(__file__).with_name("lambda_function.py")
 RUNTIME = "python3.12"
@@ -96,10 +99,10 @@ def deploy_function(spec: FunctionSpec, *, iam: Any, lam: Any) -> dict[str, Any]
     env = {"ENDPOINT_NAME": spec.endpoint, **({"ALLOW_ORIGIN": spec.allow_origin} if spec.allow_origin else {})}
     code = package_zip()
     try:
-        fn = lam.create_function(FunctionName=spec.name, Runtime=RUNTIME, Role=role_arn,
-                                 Handler="lambda_function.lambda_handler", Code={"ZipFile": code},
-                                 Timeout=spec.timeout_s, MemorySize=spec.memory_mb,
-                                 Environment={"Variables": env}, Publish=True)
+        fn = _retry_while_role_propagates(lambda: lam.create_function(
+            FunctionName=spec.name, Runtime=RUNTIME, Role=role_arn, Handler="lambda_function.lambda_handler",
+            Code={"ZipFile": code}, Timeout=spec.timeout_s, MemorySize=spec.memory_mb,
+            Environment={"Variables": env}, Publish=True))
         lam.get_waiter("function_active_v2").wait(FunctionName=spec.name)  # Pending refuses calls and updates
     except ClientError as e:
         if e.response["Error"]["Code"] != "ResourceConflictException":
@@ -117,6 +120,30 @@ def deploy_function(spec: FunctionSpec, *, iam: Any, lam: Any) -> dict[str, Any]
                                                ProvisionedConcurrentExecutions=spec.provisioned_concurrency)
         result["provisioned_version"] = version
     return result
+
+
+#: What Lambda answers while a role created a moment ago is not yet visible to it (IAM is eventually consistent).
+_ROLE_NOT_READY = "cannot be assumed"
+
+
+def _retry_while_role_propagates(call: Callable[[], Any], attempts: int = 8, first_delay_s: float = 1.0,
+                                 sleep: Callable[[float], None] = time.sleep) -> Any:
+    """``call()``, retried with doubling delays (about a minute in all) while Lambda cannot assume the new role."""
+    from botocore.exceptions import ClientError
+
+    delay = first_delay_s
+    for attempt in range(attempts):
+        try:
+            return call()
+        except ClientError as e:
+            error = e.response.get("Error", {})
+            if (error.get("Code") != "InvalidParameterValueException" or _ROLE_NOT_READY not in error.get("Message", "")
+                    or attempt == attempts - 1):
+                raise
+            log.info("the function's new role is not visible to Lambda yet; retrying in %.0f s", delay)
+            sleep(delay)
+            delay = min(2 * delay, 16.0)
+    raise AssertionError("unreachable")
 
 
 def _delete_each(steps: list[tuple[str, Callable[[], Any]]]) -> list[str]:

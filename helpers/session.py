@@ -121,7 +121,7 @@ def require_in_s3(boto_session: Any, uri: str | None, chapter: str) -> None:
 
 
 def require_endpoint(boto_session: Any, name: str) -> None:
-    """Stop with advice when the endpoint chapter 4 left is not in service (deleted, or the local SageMaker restarted)."""
+    """Stop with advice when chapter 4's endpoint is not in service (deleted, or the local SageMaker restarted)."""
     from botocore.exceptions import ClientError
 
     from helpers.manifest import PrerequisiteMissing

@@ -39,7 +39,8 @@ from helpers.runtime.debugger import Instrumentation
 from helpers.runtime.fileio import atomic_write, atomic_write_json
 from helpers.runtime.layout import find_split_dir, is_image
 from helpers.runtime.metrics import format_metrics
-from helpers.runtime.models import HEADS, ModelConfig, TransferModel, build_body, make_head, save_model
+from helpers.runtime.models import (HEADS, ModelConfig, ModelError, TransferModel, build_body, make_head,
+                                   save_model)
 from helpers.runtime.presets import Preprocessing, decode_transform, eval_transform, normalize_transform, train_transform
 from helpers.runtime.progress import bar
 
@@ -371,9 +372,9 @@ def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preproce
     """
     h = hashlib.sha256()
     weights = cfg.weights
-    if weights not in ("DEFAULT", "none"):
-        st = Path(weights).stat()
-        weights = f"{Path(weights).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if weights not in ("DEFAULT", "none"):  # by content: a job's copy of the weights channel is the same file
+        with open(weights, "rb") as f:
+            weights = f"sha1:{hashlib.file_digest(f, 'sha1').hexdigest()}"
     elif weights == "none":
         weights = f"random-seed{cfg.seed}"
     h.update(json.dumps([cfg.backbone, weights, prep.to_dict(), torch.__version__, str(precision)]).encode())
@@ -897,18 +898,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_weights(weights: str, env: Mapping[str, str]) -> str:
+    """``weights`` as given, or, when it names a file of the ``weights`` channel, that file's path there."""
+    if weights in ("DEFAULT", "none") or Path(weights).is_file() or "SM_CHANNEL_WEIGHTS" not in env:
+        return weights
+    shipped = Path(env["SM_CHANNEL_WEIGHTS"]) / Path(weights).name
+    return str(shipped) if shipped.is_file() else weights
+
+
+def write_failure(env: Mapping[str, str], message: str) -> None:
+    """``/opt/ml/output/failure``: SageMaker shows its text as the job's ``FailureReason``."""
+    out = env.get("SM_OUTPUT_DIR")
+    if out and Path(out).is_dir():
+        try:
+            (Path(out) / "failure").write_text(message[:1024])
+        except OSError:
+            pass
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     args = get_args_parser().parse_args(argv)
     try:
-        cfg = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+        cfg = TrainConfig.from_dict({**given, "weights": resolve_weights(given["weights"], env)})
         paths = resolve_paths(args, env)
         dinfo = dist_info(env)
         inst = Instrumentation.from_mapping(vars(args))
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        write_failure(env, str(e))
         return 2
     log.info("hosts %s, current host %s, %s GPU(s), rank %d of %d", env.get("SM_HOSTS", "[]"),
              env.get("SM_CURRENT_HOST", "-"), env.get("SM_NUM_GPUS", "?"), dinfo.rank, dinfo.world_size)
@@ -917,8 +938,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         dist.init_process_group(backend)
     try:
         fit(cfg, paths, dinfo=dinfo, env=env, restart=args.restart, instruments=inst)
-    except TrainingError as e:
+    except (TrainingError, ModelError) as e:  # a clear reason, never a traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
+        write_failure(env, str(e))
         return 2
     finally:
         if dinfo.enabled and dist.is_initialized():

@@ -110,3 +110,36 @@ def test_sdk_v3_trains_and_tunes_the_entry_point(sdk_env, synthetic_root, tmp_pa
     assert set(result.best_hyperparameters) == set(hpo.SEARCH_SPACE)
     assert result.best_value == result.trials.value.max()
     assert result.trials.epochs_run.tolist() == result.trials.epochs.tolist()  # the ``epoch`` metric
+
+
+def test_a_local_weights_file_travels_as_the_weights_channel(sdk_env, synthetic_root, tmp_path):
+    """A path on this machine does not exist in the container: the file goes to S3 and into the job as the
+    ``weights`` channel, and the entry point loads it from there."""
+    import torch
+    import torchvision
+
+    from helpers import data, session
+
+    weights = tmp_path / "resnet18-mine.pth"
+    torch.save(torchvision.models.get_model("resnet18").state_dict(), weights)
+    cfg = RunConfig(dataset=str(synthetic_root), s3_prefix="s3://sagebook-test/run", work_dir=str(tmp_path / "w"),
+                    weights=str(weights))
+    boto_session = boto3.Session(region_name="us-east-1")
+    report = data.validate_dataset(synthetic_root)
+    record = data.manifest_record(cfg, report, data.upload_dataset(cfg, report, client=boto_session.client("s3"),
+                                                                   progress=False))
+    sm_session = sagemaker_jobs.sdk_session(cfg, boto_session)
+    trainer = sagemaker_jobs.model_trainer(
+        cfg, sm_session, role=session.execution_role(cfg, boto_session), base_job_name="sb-weights",
+        hyperparameters={**hpo.static_hyperparameters(cfg, image_size=32), "lr": 0.01, "epochs": 1},
+        instance_type="ml.m5.large")
+    trainer.train(input_data_config=sagemaker_jobs.inputs(record, ("train", "valid")), wait=False, logs=False)
+    job = trainer._latest_training_job
+    job.wait(poll=1)
+    assert job.training_job_status == "Completed", job.failure_reason
+    d = boto_session.client("sagemaker").describe_training_job(TrainingJobName=job.training_job_name)
+    assert d["HyperParameters"]["weights"].strip('"') == "resnet18-mine.pth"
+    chans = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in d["InputDataConfig"]}
+    assert chans["weights"] == "s3://sagebook-test/run/weights/resnet18-mine.pth"
+    log = (sdk_env.work_dir / "emulator" / "training" / job.training_job_name / "job.log").read_text()
+    assert "input/data/weights/resnet18-mine.pth weights" in log

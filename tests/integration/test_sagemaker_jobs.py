@@ -116,3 +116,10 @@ def test_sdk_session_opts_out_of_telemetry(aws):
     _, sess, _ = aws
     assert resolve_value_from_config(None, TELEMETRY_OPT_OUT_PATH, False, sess) is True
     assert sess.default_bucket() == "sagebook-test" and sess.default_bucket_prefix == "run"
+
+
+def test_a_missing_weights_file_is_refused_before_submitting(aws):
+    cfg, sess, sent = aws
+    with pytest.raises(ValueError, match="nor a file on this machine"):
+        sagemaker_jobs.model_trainer(cfg, sess, role=ROLE, hyperparameters={"weights": "/no/such/weights.pth"},
+                                     base_job_name="sb-test")

@@ -85,3 +85,30 @@ def test_autoscaling_policy_and_teardown(aws):
 def test_policy_validation():
     with pytest.raises(ValueError):
         ScalingPolicy(min_capacity=3, max_capacity=2)
+
+
+def test_create_function_waits_while_a_new_role_propagates():
+    """IAM is eventually consistent: Lambda refuses a role created a moment ago. The deploy retries that error
+    with growing delays, and no other."""
+    from botocore.exceptions import ClientError
+
+    not_yet = ClientError({"Error": {"Code": "InvalidParameterValueException",
+                                     "Message": "The role defined for the function cannot be assumed by Lambda."}},
+                          "CreateFunction")
+    answers, slept = [not_yet, not_yet, {"FunctionArn": "arn:fn"}], []
+
+    def create():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert serverless._retry_while_role_propagates(create, sleep=slept.append) == {"FunctionArn": "arn:fn"}
+    assert slept == [1.0, 2.0]
+    other = ClientError({"Error": {"Code": "InvalidParameterValueException", "Message": "Runtime is wrong"}},
+                        "CreateFunction")
+    with pytest.raises(ClientError, match="Runtime is wrong"):
+        serverless._retry_while_role_propagates(lambda: (_ for _ in ()).throw(other), sleep=slept.append)
+    with pytest.raises(ClientError, match="cannot be assumed"):  # it gives up in the end
+        serverless._retry_while_role_propagates(lambda: (_ for _ in ()).throw(not_yet), attempts=3,
+                                                sleep=slept.append)

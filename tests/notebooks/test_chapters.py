@@ -222,3 +222,14 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     assert Manifest.load(tmp_path / "work").get("endpoint") is None
     assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == "zombie"
     assert background.running(tmp_path / "work") is None
+
+@pytest.mark.parametrize("nb", CHAPTERS[:5], ids=lambda p: p.stem)
+def test_every_aws_call_goes_through_the_runs_session(nb):
+    """One code path, one region: the chapters make their clients from ``session.connect(cfg)``'s session,
+    never ``boto3.client(...)`` (which would use the default region and, locally, miss the local SageMaker), and
+    never branch on the backend around a call."""
+    code = "\n".join(c.source for c in nbformat.read(str(nb), as_version=4).cells if c.cell_type == "code")
+    assert "boto3.client(" not in code and "boto3.Session(" not in code
+    assert "cfg.backend ==" not in code and "backend ==" not in code
+    if nb.stem != "01_data" or "client(" in code:
+        assert "session.connect(cfg)" in code

@@ -409,3 +409,21 @@ def test_feature_cache_entries_are_computed_by_one_job_at_a_time(tmp_path):
         events.append("first")
     t.join(5)
     assert events == ["first", "second"]
+
+
+def test_weights_from_the_weights_channel_and_a_clear_failure_when_they_do_not_fit(capsys, synthetic_root,
+                                                                                  tmp_path):
+    """A local weights file reaches a job as the ``weights`` channel; weights for another network end the job
+    with the reason in ``/opt/ml/output/failure`` (the job's FailureReason), not a traceback."""
+    channel = tmp_path / "input" / "data" / "weights"
+    channel.mkdir(parents=True)
+    torch.save({"not.a.resnet": torch.zeros(2)}, channel / "mine.pth")
+    env = {"SM_CHANNEL_WEIGHTS": str(channel), "SM_OUTPUT_DIR": str(tmp_path / "output")}
+    (tmp_path / "output").mkdir()
+    assert train.resolve_weights("mine.pth", env) == str(channel / "mine.pth")
+    assert train.resolve_weights("none", env) == "none" and train.resolve_weights("other.pth", env) == "other.pth"
+    rc = train.main(["--data-dir", str(synthetic_root), "--model-dir", str(tmp_path / "m"), "--weights", "mine.pth",
+                     "--image_size", "32", "--epochs", "1"], env=env)
+    err = capsys.readouterr().err
+    assert rc == 2 and "do not fit a resnet18" in err and "Traceback" not in err
+    assert "do not fit a resnet18" in (tmp_path / "output" / "failure").read_text()
