@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations from here
 
@@ -139,15 +139,7 @@ def app_from_env() -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Predictors: one API for a local endpoint and a SageMaker endpoint
-
-
-class Predictor(Protocol):
-    endpoint_name: str
-
-    def predict(self, data: bytes, content_type: str = "image/jpeg") -> dict[str, Any]: ...
-
-    def delete_endpoint(self) -> None: ...
+# Clients of a model server
 
 
 def free_port() -> int:
@@ -205,7 +197,7 @@ class LocalEndpoint:
         else:
             out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
             # its own session: the endpoint outlives the notebook kernel that started it (chapter 5 calls it);
-            # delete_endpoint(), or stop_local_endpoint() with the recorded pid, ends it
+            # delete_endpoint() ends it
             self.proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=root)
         self.wait_healthy(timeout_s)
@@ -247,35 +239,11 @@ class LocalEndpoint:
                 self.proc.wait()
         self.proc = None
 
-    def record(self) -> dict[str, Any]:
-        """What the manifest keeps so a later chapter (or the teardown) can find this endpoint."""
-        return {"backend": "local", "name": self.endpoint_name, "endpoint_url": self.endpoint_url,
-                "pid": self.proc.pid if self.proc else None, "model_dir": str(self.model_dir),
-                "workers": self.workers}
-
     def __enter__(self) -> "LocalEndpoint":
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: Any) -> None:
         self.delete_endpoint()
-
-
-def stop_local_endpoint(pid: int, timeout_s: float = 15) -> bool:
-    """Stop a local endpoint started by an earlier process; only a ``helpers.serving`` process is touched."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if "helpers.serving" not in " ".join(proc.cmdline()):
-            return False
-        children = proc.children(recursive=True)
-        proc.terminate()
-        _, alive = psutil.wait_procs([proc, *children], timeout=timeout_s)
-        for p in alive:
-            p.kill()
-        return True
-    except psutil.Error:
-        return False
 
 
 def get_args_parser() -> argparse.ArgumentParser:
