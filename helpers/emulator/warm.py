@@ -146,7 +146,7 @@ class WarmProcess:
         while self.poll() is None:
             if deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(f"warm job {self.pid}", timeout or 0)
-            self._zygote._exited.wait(0.05)
+            time.sleep(0.05)
         return self.returncode  # type: ignore[return-value]
 
 
@@ -164,7 +164,6 @@ class Zygote:
         self._pids: dict[int, int] = {}  # request id -> pid
         self._pid_arrived = threading.Condition()
         self._codes: dict[int, int] = {}
-        self._exited = threading.Event()
 
     def start(self) -> "Zygote":
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -198,8 +197,6 @@ class Zygote:
                     self._ready.set()
                 elif "exit" in msg:
                     self._codes[int(msg["exit"])] = int(msg["code"])
-                    self._exited.set()
-                    self._exited.clear()
                 else:
                     with self._pid_arrived:
                         self._pids[int(msg["id"])] = int(msg["pid"])

@@ -363,6 +363,13 @@ def decode_splits(splits: Mapping[str, list[tuple[str, int]]], prep: Preprocessi
 # Frozen-backbone feature cache
 
 
+@functools.lru_cache(maxsize=8)
+def _file_sha1(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha1, read once per (path, size, mtime): every split's cache key names the same weights file."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
 def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preprocessing,
                 precision: torch.dtype | None = None) -> str:
     """Identifies (files, backbone, weights, preprocessing, precision): any change gives a new cache entry.
@@ -373,8 +380,8 @@ def feature_key(samples: list[tuple[str, int]], cfg: TrainConfig, prep: Preproce
     h = hashlib.sha256()
     weights = cfg.weights
     if weights not in ("DEFAULT", "none"):  # by content: a job's copy of the weights channel is the same file
-        with open(weights, "rb") as f:
-            weights = f"sha1:{hashlib.file_digest(f, 'sha1').hexdigest()}"
+        st = os.stat(weights)
+        weights = f"sha1:{_file_sha1(str(Path(weights).resolve()), st.st_size, st.st_mtime_ns)}"
     elif weights == "none":
         weights = f"random-seed{cfg.seed}"
     h.update(json.dumps([cfg.backbone, weights, prep.to_dict(), torch.__version__, str(precision)]).encode())
