@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from helpers.config import RunConfig
 from helpers.runtime.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
-from helpers.runtime.train import JobPaths, TrainConfig, fit
+from helpers.runtime.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Choice:
 SEARCH_SPACE: dict[str, LogUniform | IntRange | Choice] = {
     "lr": LogUniform(1e-4, 1e-1),
     "batch_size": Choice((32, 64, 128)),
-    "epochs": IntRange(2, 8),
+    "epochs": IntRange(2, 5),
 }
 
 
@@ -174,6 +174,8 @@ def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n
     storage = storage or study_storage(cfg.work_path, study_name)
     if isinstance(storage, str) and storage.startswith("sqlite"):  # parallel trials wait for the lock, not fail
         storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    from helpers.runtime.train import JobPaths, fit  # PyTorch: only when trials run in this process
+
     cache_dir = cfg.work_path / "cache" / "features"
     splits = data["splits"]
     paths = JobPaths(train=Path(splits["train"]), valid=Path(splits["valid"]), test=None,

@@ -2,7 +2,14 @@
 
 - ``CreateFunction`` stores the zip (moto) and the function starts ``Pending``; it becomes ``Active``
   after ``pending_s`` seconds, as on the service (wait with boto3's ``function_active_v2`` waiter).
-  ``Invoke`` on a ``Pending`` function is refused with ``ResourceConflictException``, as there.
+  ``Invoke``, updates and ``PublishVersion`` on a ``Pending`` function are refused with
+  ``ResourceConflictException``, as there.
+- After ``UpdateFunctionCode`` or ``UpdateFunctionConfiguration`` the function's ``LastUpdateStatus`` is
+  ``InProgress`` for ``pending_s`` seconds; another update or ``PublishVersion`` meanwhile is refused
+  (wait with ``function_updated_v2``). Invocations go on.
+- IAM is eventually consistent: for ``role_propagation_s`` seconds after a role is created, Lambda cannot
+  assume it, and ``CreateFunction`` (or a configuration update) naming it fails with
+  ``InvalidParameterValueException``, as it does for a few seconds on the service.
 - ``Invoke`` runs the handler from the zip in its own process (this interpreter, ``-E -s``, the code
   folder as working directory, as ``/var/task``), with the function's environment plus Lambda's own
   variables. A process serves one invocation at a time and stays warm for the next, like an execution
@@ -24,6 +31,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -96,18 +104,24 @@ class _Pool:
 class Functions:
     """Lambda's CreateFunction (state), Invoke (executed) and DeleteFunction (its processes end)."""
 
-    def __init__(self, root: Path, endpoint_url: Callable[[], str], *, pending_s: float = 1.0) -> None:
+    def __init__(self, root: Path, endpoint_url: Callable[[], str], *, pending_s: float = 1.0,
+                 role_propagation_s: float = 1.0) -> None:
         self.root = Path(root)
         self.endpoint_url = endpoint_url
         self.pending_s = pending_s
+        self.role_propagation_s = role_propagation_s
         self.pools: dict[tuple[str, str], _Pool] = {}
         self._timers: list[threading.Timer] = []
+        self._updating: dict[tuple[str, str], float] = {}  # (region, name): when the update in progress ends
 
     def routes(self) -> list[Route]:
         name = r"([^/]+)"
         return [Route("lambda", "POST", re.compile(rf"^{API}/?$"), self._create),
                 Route("lambda", "POST", re.compile(rf"^{API}/{name}/invocations$"), self._invoke),
-                Route("lambda", "DELETE", re.compile(rf"^{API}/{name}/?$"), self._delete)]
+                Route("lambda", "DELETE", re.compile(rf"^{API}/{name}/?$"), self._delete),
+                Route("lambda", "PUT", re.compile(rf"^{API}/{name}/(code|configuration)$"), self._update),
+                Route("lambda", "POST", re.compile(rf"^{API}/{name}/versions$"), self._publish),
+                Route("lambda", "GET", re.compile(rf"^{API}/{name}(/configuration)?/?$"), self._get)]
 
     @staticmethod
     def backend(region: str) -> Any:
@@ -124,6 +138,7 @@ class Functions:
 
     # -- control plane ---------------------------------------------------------------------------
     def _create(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        self._check_role(request)
         status, headers, body = request.forward()
         if status != 201:
             return status, headers, body
@@ -136,6 +151,67 @@ class Functions:
         timer.start()
         self._timers.append(timer)
         return status, headers, json.dumps(config).encode()
+
+    def _check_role(self, request: Request) -> None:
+        """Refuse a role created less than ``role_propagation_s`` ago, as Lambda does until IAM has propagated it."""
+        from moto.iam.models import iam_backends
+
+        try:
+            arn = json.loads(request.body or b"{}").get("Role")
+        except ValueError:
+            return  # moto answers the malformed request
+        role = next((r for r in iam_backends[ACCOUNT_ID]["global"].roles.values() if r.arn == arn), None) \
+            if arn else None
+        if role is None:
+            return
+        created = role.create_date if role.create_date.tzinfo else role.create_date.replace(tzinfo=timezone.utc)
+        if (datetime.now(timezone.utc) - created).total_seconds() < self.role_propagation_s:
+            raise AwsError("InvalidParameterValueException",
+                           "The role defined for the function cannot be assumed by Lambda.", 400)
+
+    def _name(self, request: Request) -> str:
+        name = request.match.group(1)
+        return name.split(":")[-1] if name.startswith("arn:") else name
+
+    def _refuse_unless_idle(self, request: Request) -> Any:
+        """Updates and PublishVersion need an Active function with no update in progress, as on the service."""
+        fn = self._function(self._name(request), request.region)
+        if fn.state != "Active":
+            raise AwsError("ResourceConflictException", "The operation cannot be performed at this time. The function "
+                           f"is currently in the following state: {fn.state}", 409)
+        if self._in_progress(request.region, fn.function_name):
+            raise AwsError("ResourceConflictException", "The operation cannot be performed at this time. An update "
+                           f"is in progress for resource: {fn.function_arn}", 409)
+        return fn
+
+    def _in_progress(self, region: str, name: str) -> bool:
+        return self._updating.get((region, name), 0.0) > time.monotonic()
+
+    def _update(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        fn = self._refuse_unless_idle(request)
+        if request.match.group(2) == "configuration":
+            self._check_role(request)
+        status, headers, body = request.forward()
+        if status >= 300:
+            return status, headers, body
+        self._updating[(request.region, fn.function_name)] = time.monotonic() + self.pending_s
+        return status, headers, json.dumps(_updating(json.loads(body))).encode()
+
+    def _publish(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        self._refuse_unless_idle(request)
+        return request.forward()
+
+    def _get(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        """moto's GetFunction/GetFunctionConfiguration, with ``LastUpdateStatus`` while an update is in progress."""
+        status, headers, body = request.forward()
+        if status != 200 or not self._in_progress(request.region, self._name(request)):
+            return status, headers, body
+        answer = json.loads(body)
+        if "Configuration" in answer:
+            answer["Configuration"] = _updating(answer["Configuration"])
+        else:
+            answer = _updating(answer)
+        return status, headers, json.dumps(answer).encode()
 
     def _delete(self, request: Request) -> tuple[int, dict[str, str], bytes]:
         answer = request.forward()
@@ -160,9 +236,7 @@ class Functions:
 
     # -- Invoke ----------------------------------------------------------------------------------
     def _invoke(self, request: Request) -> tuple[int, dict[str, str], bytes]:
-        name = request.match.group(1).split(":")[-1] if request.match.group(1).startswith("arn:") \
-            else request.match.group(1)
-        fn = self._function(name, request.region)
+        fn = self._function(self._name(request), request.region)
         if fn.state != "Active":
             raise AwsError("ResourceConflictException", "The operation cannot be performed at this time. The function "
                            f"is currently in the following state: {fn.state}", 409)
@@ -268,6 +342,11 @@ class Functions:
             raise AwsError("ServiceException", f"The function's runtime did not start (see {code.parent / 'function.log'})",
                            500)
         return _Worker(proc, fn.code_sha_256)
+
+
+def _updating(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "LastUpdateStatus": "InProgress", "LastUpdateStatusReason": "The function is being updated.",
+            "LastUpdateStatusReasonCode": "InProgress"}
 
 
 def _end(proc: subprocess.Popen) -> None:

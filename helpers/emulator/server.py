@@ -249,16 +249,19 @@ class LocalSageMaker:
     ``work_dir`` holds each job's folder (``emulator/training/NAME/``: the container's ``/opt/ml``).
     ``port=0`` picks a free port. moto keeps its state per process: run one emulator per process at a time
     (starting one begins with an empty account). ``stop_grace_s`` is how long a stopped job has between SIGTERM and
-    SIGKILL (the service gives 120 s); ``lambda_pending_s`` how long a new function stays ``Pending``;
+    SIGKILL (the service gives 120 s); ``lambda_pending_s`` how long a new function stays ``Pending``
+    (and an updated one ``InProgress``); ``role_propagation_s`` how long Lambda cannot assume a new role;
     ``prewarm`` starts the training jobs' warm interpreter (:mod:`helpers.emulator.warm`) at once, not at the
     first job.
     Leaving the block stops every job, model server and function process it started, then the server.
     """
 
     def __init__(self, work_dir: str | os.PathLike[str] = ".work", *, port: int = 0, host: str = "127.0.0.1",
-                 stop_grace_s: float = 120.0, lambda_pending_s: float = 1.0, prewarm: bool = False) -> None:
+                 stop_grace_s: float = 120.0, lambda_pending_s: float = 1.0, role_propagation_s: float = 1.0,
+                 prewarm: bool = False) -> None:
         self.work_dir = Path(work_dir).resolve()
         self.lambda_pending_s = lambda_pending_s
+        self.role_propagation_s = role_propagation_s
         self.prewarm = prewarm
         self.host, self.port = host, port
         self.stop_grace_s = stop_grace_s
@@ -294,7 +297,7 @@ class LocalSageMaker:
         self.tuning = TuningJobs(self.training)
         self.endpoints = Endpoints(self.work_dir / "emulator" / "endpoints", warm=self.training.warm_interpreter)
         self.functions = Functions(self.work_dir / "emulator" / "lambda", lambda: self.endpoint_url,
-                                   pending_s=self.lambda_pending_s)
+                                   pending_s=self.lambda_pending_s, role_propagation_s=self.role_propagation_s)
         class Dispatcher(DomainDispatcherApplication):
             """moto's dispatcher, remembering which backend serves a host (it lists moto's folders each time)."""
 

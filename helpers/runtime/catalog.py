@@ -13,3 +13,6 @@ BACKBONES: tuple[str, ...] = (
 
 #: Pretrained-weight choices besides a path to a local ``.pth`` file.
 WEIGHTS: tuple[str, ...] = ("DEFAULT", "none")
+
+#: Classifier heads put on the backbone's features.
+HEADS: tuple[str, ...] = ("linear", "mlp")

@@ -71,11 +71,31 @@ def quiet_smdebug(level: int = logging.WARNING) -> None:
             logging.getLogger(name).setLevel(level)
 
 
+def _tensor_proto(nparray_data: Any, tag: str) -> Any:
+    """smdebug's ``make_tensor_proto`` with ``ndarray.tobytes()``: its ``tostring()`` is gone since NumPy 2.3."""
+    from smdebug.core.tfevent.util import TensorProto, TensorShapeProto, _get_proto_dtype
+
+    isnum, dtype = _get_proto_dtype(nparray_data.dtype)
+    shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=d, name=f"{tag}_{d}") for d in nparray_data.shape])
+    if isnum:
+        return TensorProto(dtype=dtype, tensor_content=nparray_data.tobytes(), tensor_shape=shape)
+    proto = TensorProto(tensor_shape=shape)
+    proto.string_val.extend(bytes(s, encoding="utf-8") for s in nparray_data)
+    return proto
+
+
 @functools.lru_cache(maxsize=1)
 def hook_class() -> type:
-    """smdebug's PyTorch hook, saving bfloat16 tensors (CPU autocast) as float32: smdebug 1.0.34 cannot convert them."""
+    """smdebug's PyTorch hook, saving bfloat16 tensors (CPU autocast) as float32: smdebug 1.0.34 cannot convert them.
+
+    smdebug 1.0.34 is the last release and the training image's NumPy is not pinned: its writer gets
+    :func:`_tensor_proto`, so the hook saves tensors with any NumPy 2.
+    """
+    import smdebug.core.writer
     import smdebug.pytorch as smd
     import torch
+
+    smdebug.core.writer.make_tensor_proto = _tensor_proto
 
     class Hook(smd.Hook):
         @staticmethod

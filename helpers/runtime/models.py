@@ -18,12 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from helpers.runtime.catalog import BACKBONES, WEIGHTS
+from helpers.runtime.catalog import BACKBONES, HEADS, WEIGHTS
 from helpers.runtime.presets import Preprocessing
 
 log = logging.getLogger(__name__)
 
-HEADS = ("linear", "mlp")
 MODEL_FILE = "model.pth"
 CONFIG_FILE = "model_config.json"
 

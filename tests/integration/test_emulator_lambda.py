@@ -46,13 +46,20 @@ def invoke(lam, name, event):
     return resp.get("FunctionError"), json.loads(resp["Payload"].read())
 
 
+def create_echo(lam, role_arn):
+    return lam.create_function(FunctionName="echo", Runtime="python3.12", Role=role_arn,
+                               Handler="lambda_function.lambda_handler", Timeout=2,
+                               Code={"ZipFile": zipped(**{"lambda_function.py": HANDLER})},
+                               Environment={"Variables": {"ENDPOINT_NAME": "ep-1"}})
+
+
 @pytest.fixture
 def function(local_sagemaker):
     lam = local_sagemaker.client("lambda")
-    created = lam.create_function(FunctionName="echo", Runtime="python3.12", Role=role(local_sagemaker),
-                                  Handler="lambda_function.lambda_handler", Timeout=2,
-                                  Code={"ZipFile": zipped(**{"lambda_function.py": HANDLER})},
-                                  Environment={"Variables": {"ENDPOINT_NAME": "ep-1"}})
+    role_arn = role(local_sagemaker)
+    with pytest.raises(ClientError, match="cannot be assumed by Lambda"):  # IAM has not propagated the new role
+        create_echo(lam, role_arn)
+    created = serverless._retry_while_role_propagates(lambda: create_echo(lam, role_arn))
     assert created["State"] == "Pending"
     with pytest.raises(ClientError) as e:  # as on a fresh account: wait before the first invoke
         lam.invoke(FunctionName="echo", Payload=b"{}")
@@ -83,6 +90,48 @@ def test_handler_errors_timeouts_and_unserializable_results_are_function_errors(
     assert invoke(function, "echo", {"x": 3})[0] is None  # a new environment after the timeout
 
 
+def test_an_update_is_in_progress_for_a_while_and_refuses_the_next_update(function):
+    """As on the service: after an update LastUpdateStatus is InProgress; updates and PublishVersion wait for it."""
+    assert function.get_function(FunctionName="echo")["Configuration"]["LastUpdateStatus"] == "Successful"
+    code = zipped(**{"lambda_function.py": HANDLER + "# v2\n"})
+    answer = function.update_function_code(FunctionName="echo", ZipFile=code)
+    assert answer["LastUpdateStatus"] == "InProgress"
+    assert function.get_function_configuration(FunctionName="echo")["LastUpdateStatus"] == "InProgress"
+    for call in (lambda: function.update_function_configuration(FunctionName="echo", Timeout=3),
+                 lambda: function.update_function_code(FunctionName="echo", ZipFile=code),
+                 lambda: function.publish_version(FunctionName="echo")):
+        with pytest.raises(ClientError, match="An update is in progress") as e:
+            call()
+        assert e.value.response["Error"]["Code"] == "ResourceConflictException"
+    assert invoke(function, "echo", {"x": 1})[0] is None  # invocations go on during an update
+    function.get_waiter("function_updated_v2").wait(FunctionName="echo", WaiterConfig={"Delay": 1, "MaxAttempts": 10})
+    assert function.get_function(FunctionName="echo")["Configuration"]["LastUpdateStatus"] == "Successful"
+    assert function.update_function_configuration(FunctionName="echo", Timeout=3)["LastUpdateStatus"] == "InProgress"
+    function.get_waiter("function_updated_v2").wait(FunctionName="echo", WaiterConfig={"Delay": 1, "MaxAttempts": 10})
+    assert function.publish_version(FunctionName="echo")["Version"] == "1"
+
+
+def test_a_pending_function_refuses_updates(local_sagemaker):
+    lam = local_sagemaker.client("lambda")
+    role_arn = role(local_sagemaker)
+    serverless._retry_while_role_propagates(lambda: create_echo(lam, role_arn))
+    with pytest.raises(ClientError, match="following state: Pending"):
+        lam.update_function_configuration(FunctionName="echo", Timeout=3)
+
+
+def test_deploy_function_waits_for_the_role_and_each_update(local_sagemaker):
+    """Chapter 5's deploy on the emulator's delays: a new role, Pending, then an update of code and configuration."""
+    lam, iam = local_sagemaker.client("lambda"), local_sagemaker.client("iam")
+    spec = serverless.FunctionSpec("sagebook-classifier", "ep-1", "us-east-1", "123456789012")
+    started = time.monotonic()
+    first = serverless.deploy_function(spec, iam=iam, lam=lam)
+    assert time.monotonic() - started >= local_sagemaker.role_propagation_s  # it waited for the role
+    assert lam.get_function(FunctionName=spec.name)["Configuration"]["State"] == "Active"
+    again = serverless.deploy_function(spec, iam=iam, lam=lam)  # in place: code, then configuration
+    assert again["function_arn"] == first["function_arn"]
+    assert lam.get_function(FunctionName=spec.name)["Configuration"]["LastUpdateStatus"] == "Successful"
+
+
 def test_delete_function_ends_its_processes(local_sagemaker, function):
     _, out = invoke(function, "echo", {})
     proc = local_sagemaker.functions.pools[("us-east-1", "echo")].idle[0].proc
@@ -102,9 +151,10 @@ def test_the_books_lambda_function_calls_an_emulated_endpoint(local_sagemaker, t
     create_endpoint(sm, "ep-1", put_model(local_sagemaker.client("s3"), trained_model, tmp_path))
     assert wait_endpoint(sm, "ep-1")["EndpointStatus"] == "InService"
     lam = local_sagemaker.client("lambda")
-    lam.create_function(FunctionName="classifier", Runtime="python3.12", Role=role(local_sagemaker),
-                        Handler="lambda_function.lambda_handler", Timeout=30, Code={"ZipFile": serverless.package_zip()},
-                        Environment={"Variables": {"ENDPOINT_NAME": "ep-1"}})
+    role_arn = role(local_sagemaker)
+    serverless._retry_while_role_propagates(lambda: lam.create_function(
+        FunctionName="classifier", Runtime="python3.12", Role=role_arn, Handler="lambda_function.lambda_handler",
+        Timeout=30, Code={"ZipFile": serverless.package_zip()}, Environment={"Variables": {"ENDPOINT_NAME": "ep-1"}}))
     lam.get_waiter("function_active_v2").wait(FunctionName="classifier", WaiterConfig={"Delay": 1})
     error, out = invoke(lam, "classifier", serverless.direct_event(test_image, "image/jpeg"))
     assert error is None and out["statusCode"] == 200, out

@@ -132,3 +132,20 @@ def test_plot_data(tmp_path):
     weights = debugger_rules.weight_distributions(trial)
     first, last, s0, s1 = weights[next(iter(weights))]
     assert s0 < s1 and first.shape == last.shape and not np.allclose(first, last)
+
+
+def test_the_hook_writes_tensors_without_ndarray_tostring():
+    """smdebug 1.0.34 calls ndarray.tostring, gone in NumPy 2.3: our hook's writer builds the same protos with tobytes."""
+    import warnings
+
+    import smdebug.core.writer
+    from smdebug.core.tfevent import util
+
+    debugger.hook_class()
+    assert smdebug.core.writer.make_tensor_proto is debugger._tensor_proto
+    for value in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([3, 1], dtype=np.int64),
+                  np.array(["a", "bc"])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # tostring, still there before NumPy 2.3
+            theirs = util.make_tensor_proto(value, "t").SerializeToString()
+        assert debugger._tensor_proto(value, "t").SerializeToString() == theirs

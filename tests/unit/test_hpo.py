@@ -28,13 +28,15 @@ def test_one_space_two_translations():
 def test_local_study_tunes_on_validation_only_and_resumes(setup, monkeypatch):
     cfg, data = setup
     seen_test = []
-    real_fit = hpo.fit
+    from helpers.runtime import train
+
+    real_fit = train.fit
 
     def spy(tc, paths, **kw):
         seen_test.append(paths.test)
         return real_fit(tc, paths, **kw)
 
-    monkeypatch.setattr(hpo, "fit", spy)
+    monkeypatch.setattr(train, "fit", spy)
     small = {"lr": hpo.LogUniform(1e-3, 1e-1), "batch_size": hpo.Choice((8, 16)), "epochs": hpo.IntRange(1, 3)}
     r = hpo.tune_local(cfg, data, n_trials=3, space=small)
     assert len(r.trials) == 3 and set(seen_test) == {None}  # the test split is never handed to a trial
@@ -83,3 +85,15 @@ def test_parallel_trials(setup):
     small = {"lr": hpo.LogUniform(1e-3, 1e-1), "batch_size": hpo.Choice((8, 16)), "epochs": hpo.IntRange(1, 2)}
     r = hpo.tune_local(cfg, data, n_trials=4, n_jobs=2, space=small, study_name="parallel")
     assert len(r.trials) == 4 and set(r.trials.state) <= {"COMPLETE", "PRUNED"}
+
+
+def test_tuning_from_a_notebook_does_not_import_pytorch():
+    """Chapter 2 builds hyperparameters and tuner requests only: importing PyTorch there costs seconds per run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import helpers.hpo, helpers.sagemaker_jobs, helpers.session, helpers.plots; "
+            "from helpers.runtime.settings import TrainConfig; TrainConfig(); "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,84 @@
+"""A training job's hyperparameters, without importing torch: the notebooks and the tuner build them too."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from helpers.runtime.catalog import BACKBONES, HEADS
+
+
+class TrainingError(ValueError):
+    """Bad hyperparameters, data or folders, found before any expensive work."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training job (what SageMaker passes as ``--name value``)."""
+
+    backbone: str = "resnet18"
+    weights: str = "none"
+    head: str = "linear"
+    freeze_backbone: bool = True
+    augment: bool = False
+    image_size: int = 224
+    lr: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 5
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    dropout: float = 0.2
+    hidden: int = 512
+    patience: int = 3
+    seed: int = 42
+    num_workers: int = -1
+    amp: bool = True
+    feature_cache: str = ""
+    use_feature_cache: bool = True
+    channels_last: bool = True
+    cache_images: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone {self.backbone!r} is not known; choose one of {', '.join(BACKBONES)}")
+        if self.head not in HEADS:
+            problems.append(f"head {self.head!r} is not known; choose one of {', '.join(HEADS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            problems.append(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            problems.append(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            problems.append(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.weight_decay < 0 or self.patience < 0:
+            problems.append("weight_decay and patience must be >= 0")
+        if not 16 <= self.image_size <= 1024:
+            problems.append(f"image_size must be between 16 and 1024, got {self.image_size!r}")
+        if problems:
+            raise TrainingError("Invalid hyperparameters:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """Frozen backbone + deterministic transform: the backbone's features can be computed once."""
+        return self.use_feature_cache and self.freeze_backbone and not self.augment
+
+    @property
+    def uses_image_cache(self) -> bool:
+        """Images run through the model and the transform is deterministic: decode and resize them once."""
+        return self.cache_images and not self.augment and not self.uses_feature_cache
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise TrainingError(f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**d)
