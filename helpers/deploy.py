@@ -38,11 +38,20 @@ def container_environment(workers: int = 1) -> dict[str, str]:
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)}
 
 
-def teardown(sm_client: Any, name: str) -> list[str]:
-    """Delete an endpoint, its endpoint configuration and its models; what is already gone is skipped."""
+def teardown(boto_session: Any, name: str) -> list[str]:
+    """Delete an endpoint with everything that bills or blocks a redeploy; what is already gone is skipped.
+
+    In order: its scalable target and scaling policies (autoscaling would otherwise act on a deleted
+    endpoint), the endpoint, its endpoint configuration, and its models: those the configuration names plus
+    the model named after the endpoint, which a deploy that failed before its configuration existed left
+    behind (and which the next deploy would silently reuse).
+    """
     from botocore.exceptions import ClientError
 
-    deleted = []
+    from helpers.serverless import disable_autoscaling
+
+    sm_client = boto_session.client("sagemaker")
+    deleted = disable_autoscaling(boto_session.client("application-autoscaling"), name)
     try:
         config = sm_client.describe_endpoint(EndpointName=name)["EndpointConfigName"]
     except ClientError:
@@ -51,7 +60,8 @@ def teardown(sm_client: Any, name: str) -> list[str]:
         variants = sm_client.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]
         models = [v["ModelName"] for v in variants]
     except ClientError:
-        models = [name]
+        models = []
+    models += [name] if name not in models else []
     for what, call, kwargs in (
         [("endpoint", sm_client.delete_endpoint, {"EndpointName": name}),
          ("endpoint config", sm_client.delete_endpoint_config, {"EndpointConfigName": config})]
@@ -66,10 +76,5 @@ def teardown(sm_client: Any, name: str) -> list[str]:
 
 
 def teardown_recorded(record: Mapping[str, Any] | None, boto_session: Any) -> list[str]:
-    """Remove the endpoint the manifest's ``endpoint`` stage records, with its scaling policy, config and model."""
-    from helpers.serverless import disable_autoscaling
-
-    if not record:
-        return []
-    removed = disable_autoscaling(boto_session.client("application-autoscaling"), record["name"])
-    return removed + teardown(boto_session.client("sagemaker"), record["name"])
+    """Remove the endpoint the manifest's ``endpoint`` stage records (see :func:`teardown`)."""
+    return teardown(boto_session, record["name"]) if record else []

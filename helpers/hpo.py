@@ -147,14 +147,9 @@ def study_storage(work_dir: Path, study_name: str) -> str:
     return f"sqlite:///{path}"
 
 
-def _fail_stale_trials(study: Any) -> int:
-    """Trials left RUNNING by a process that died are marked FAIL so the study can go on."""
-    from optuna.trial import TrialState
-
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
-    for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-    return len(stale)
+#: Optuna's heartbeat: a running trial writes one every interval; one silent for the grace period belongs
+#: to a process that died, and ``optuna.storages.fail_stale_trials`` marks it FAIL so the study goes on.
+HEARTBEAT_S, GRACE_S = 5, 15
 
 
 def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n_jobs: int = 1, prune: bool = True,
@@ -165,6 +160,16 @@ def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n
     with warnings.catch_warnings():  # optuna imports tqdm.auto, which warns when ipywidgets is absent
         warnings.simplefilter("ignore")
         import optuna
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4, and say so at every use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _tune_local(optuna, cfg, data, n_trials=n_trials, n_jobs=n_jobs, prune=prune,
+                           feature_cache=feature_cache, study_name=study_name, timeout_s=timeout_s, space=space,
+                           static=static, storage=storage)
+
+
+def _tune_local(optuna: Any, cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int, n_jobs: int, prune: bool,
+                feature_cache: bool, study_name: str | None, timeout_s: float | None, space: Mapping[str, Any],
+                static: Mapping[str, Any] | None, storage: str | None) -> TuningResult:
 
     static = dict(static or static_hyperparameters(cfg))
     if study_name is None:
@@ -172,8 +177,10 @@ def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n
                                                 sort_keys=True, default=str).encode()).hexdigest()[:8]
         study_name = f"{cfg.backbone}-{Path(data['root']).name}-{cfg.image_size}px-{fingerprint}"
     storage = storage or study_storage(cfg.work_path, study_name)
-    if isinstance(storage, str) and storage.startswith("sqlite"):  # parallel trials wait for the lock, not fail
-        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    if isinstance(storage, str):  # parallel trials wait for SQLite's lock rather than fail; heartbeats find the dead
+        storage = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                             engine_kwargs={"connect_args": {"timeout": 60}}
+                                             if storage.startswith("sqlite") else {})
     from helpers.runtime.train import JobPaths, fit  # PyTorch: only when trials run in this process
 
     cache_dir = cfg.work_path / "cache" / "features"
@@ -186,7 +193,10 @@ def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=5),
                                 pruner=pruner)
-    if n := _fail_stale_trials(study):
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    if n := len(running - {t.number for t in study.get_trials(deepcopy=False,
+                                                               states=(optuna.trial.TrialState.RUNNING,))}):
         log.warning("%d trial(s) of an interrupted run were marked failed", n)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     remaining = max(0, n_trials - len(finished))
@@ -220,17 +230,18 @@ def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n
             study.optimize(objective, n_trials=remaining, n_jobs=n_jobs, timeout=timeout_s,
                            callbacks=[lambda s, t: pbar.update(1)], catch=())
     wall = time.perf_counter() - start
-    return _result_from_study(study, static, wall, new_trials=remaining)
+    return _result_from_study(study, static, wall, new_trials=remaining, space=space)
 
 
-def _result_from_study(study: Any, static: dict[str, Any], wall: float, new_trials: int) -> TuningResult:
+def _result_from_study(study: Any, static: dict[str, Any], wall: float, new_trials: int,
+                       space: Mapping[str, Any] = SEARCH_SPACE) -> TuningResult:
     import pandas as pd
     from optuna.trial import TrialState
 
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
-                     **{k: t.params.get(k) for k in SEARCH_SPACE},
+                     **{k: t.params.get(k) for k in space},
                      "epochs_run": t.user_attrs.get("epochs_run"), "duration_s": t.user_attrs.get("duration_s")})
     trials = pd.DataFrame(rows)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -269,7 +280,7 @@ def insights(result: TuningResult) -> list[str]:
                        f"(correlation of log10(lr) with the objective: {corr:+.2f}).")
         elif math.isfinite(corr):
             out.append(f"The learning rate alone explains little of the objective (correlation {corr:+.2f}).")
-    if len(pruned):
+    if len(pruned) and "epochs" in pruned:
         saved = pruned.epochs.astype(float).sum() - pruned.epochs_run.fillna(pruned.epochs).astype(float).sum()
         if saved > 0:
             out.append(f"{len(pruned)} trial(s) were stopped early by the median rule, skipping {saved:.0f} of "

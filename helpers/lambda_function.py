@@ -27,7 +27,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 logger = logging.getLogger()
 logger.setLevel(logging.INFO)
 
-MAX_BODY = 6 * 1024 * 1024
+MAX_BODY = 6 * 1024 * 1024  # InvokeEndpoint's payload limit
+#: Lambda's limit on a synchronous invocation's whole request payload (the JSON event, base64 image included):
+#: an image sent to this function in base64 can be at most about 4.5 MB (``MAX_EVENT * 3 / 4`` less the rest).
+MAX_EVENT = 6 * 1024 * 1024
 DEFAULT_CONTENT_TYPE = "image/jpeg"
 ACCEPTED = ("image/jpeg", "image/png", "application/x-image", "application/x-npy", "application/json")
 _client = None
@@ -55,35 +58,62 @@ def _scrub(message):
     return re.sub(r"\b\d{12}\b", "<account>", message)
 
 
+def _first_line(original):
+    """The container's own message for a refused request, without what follows it (on AWS, a traceback)."""
+    text = str(original or "")
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict):
+            text = str(doc.get("error") or doc.get("message") or text)
+    except ValueError:
+        pass
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return _scrub(lines[0])[:300] if lines else ""
+
+
 def _header(headers, name):
     for key, value in (headers or {}).items():
-        if key.lower() == name:
+        if isinstance(key, str) and key.lower() == name:
             return value
     return None
 
 
+def _text(value, what):
+    if not isinstance(value, str):
+        raise BadEvent(f"{what} must be a string, not {type(value).__name__}.")
+    return value
+
+
 def parse_event(event):
-    """(body bytes, content type) for the endpoint, or BadEvent."""
+    """(body bytes, content type) for the endpoint, or BadEvent: every field's type is checked."""
     if not isinstance(event, dict):
         raise BadEvent("The event must be a JSON object.")
     if "image_b64" in event:  # direct invocation (the console's test event)
-        content_type = event.get("content_type", DEFAULT_CONTENT_TYPE)
+        content_type = _text(event.get("content_type", DEFAULT_CONTENT_TYPE), "content_type")
+        encoded = _text(event["image_b64"], "image_b64")
         try:
-            body = base64.b64decode(event["image_b64"], validate=True)
-        except (binascii.Error, ValueError, TypeError):
+            body = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
             raise BadEvent("image_b64 is not valid base64.") from None
-    elif "body" in event:  # API Gateway proxy integration
-        content_type = _header(event.get("headers"), "content-type") or DEFAULT_CONTENT_TYPE
+    elif "body" in event:  # API Gateway proxy integration, or a function URL
+        headers = event.get("headers")
+        if headers is not None and not isinstance(headers, dict):
+            raise BadEvent(f"headers must be an object, not {type(headers).__name__}.")
+        content_type = _text(_header(headers, "content-type") or DEFAULT_CONTENT_TYPE, "The Content-Type header")
         raw = event.get("body")
         if raw is None:
             raise BadEvent("The request has no body: send an image.")
-        if event.get("isBase64Encoded"):
+        raw = _text(raw, "body")
+        encoded = event.get("isBase64Encoded", False)
+        if not isinstance(encoded, bool):
+            raise BadEvent(f"isBase64Encoded must be true or false, not {encoded!r}.")
+        if encoded:
             try:
                 body = base64.b64decode(raw, validate=True)
-            except (binascii.Error, ValueError, TypeError):
+            except (binascii.Error, ValueError):
                 raise BadEvent("The body is marked base64 but does not decode.") from None
         else:
-            body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+            body = raw.encode("utf-8")
     elif "instances" in event:  # direct invocation with the endpoint's JSON schema
         content_type, body = "application/json", json.dumps(event).encode("utf-8")
     else:
@@ -120,7 +150,7 @@ def _status_for(error):
     if code == "ModelError":
         original = int(error.response.get("OriginalStatusCode") or http)
         if 400 <= original < 500:
-            return original, _scrub(message) or "The endpoint refused the request."
+            return original, _first_line(error.response.get("OriginalMessage")) or "The endpoint refused the request."
         return 502, "The model failed on this request."
     if code == "ValidationError":
         return 400, _scrub(message)

@@ -17,7 +17,10 @@ from helpers.runtime.bundle import write_bundle
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Packages the SageMaker PyTorch training container lacks (torch and torchvision are the container's own).
-TRAIN_REQUIREMENTS = ("tqdm", "smdebug", "psutil", "nvidia-ml-py")
+TRAIN_REQUIREMENTS = ("tqdm", "psutil", "nvidia-ml-py")
+#: Only for a job that registers the Debugger hook: smdebug builds ``pyinstrument-cext`` from source and
+#: pins an old protobuf, minutes and a downgrade that a tuning trial does not need.
+DEBUGGER_REQUIREMENTS = ("smdebug",)
 
 
 def pinned(packages: tuple[str, ...]) -> list[str]:
@@ -32,9 +35,10 @@ def pinned(packages: tuple[str, ...]) -> list[str]:
     return [f"{p}=={versions[p]}" if p in versions else p for p in packages]
 
 
-def stage_source_dir(dest: str | os.PathLike[str]) -> Path:
-    """The training ``source_dir``: ``train.py`` at its root, the runtime bundle, ``requirements.txt``."""
-    return write_bundle(dest, pinned(TRAIN_REQUIREMENTS))
+def stage_source_dir(dest: str | os.PathLike[str], debugger: bool = True) -> Path:
+    """The training ``source_dir``: ``train.py`` at its root, the runtime bundle, ``requirements.txt``
+    (with smdebug only when the job runs the ``debugger``)."""
+    return write_bundle(dest, pinned(TRAIN_REQUIREMENTS + (DEBUGGER_REQUIREMENTS if debugger else ())))
 
 
 def package_model(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:

@@ -75,7 +75,9 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
     from sagemaker.train.distributed import Torchrun
 
     prefix = cfg.s3_prefix.rstrip("/")
-    src = Path(source_dir) if source_dir else stage_source_dir(Path(tempfile.mkdtemp(prefix="sagebook-src-")) / "src")
+    debugger = str(hyperparameters.get("debugger", False)).lower() == "true"  # smdebug shipped only then
+    src = Path(source_dir) if source_dir else stage_source_dir(Path(tempfile.mkdtemp(prefix="sagebook-src-")) / "src",
+                                                              debugger=debugger)
     hyperparameters, channels = weights_channel(session, prefix, hyperparameters)
     trainer = ModelTrainer(
         training_image=training_image(session.boto_region_name, instance_type),
@@ -132,8 +134,10 @@ def base_job_name(cfg: RunConfig, stage: str) -> str:
 # Results
 
 
-def tuning_result(tuner: Any, static: Mapping[str, Any], wall_s: float) -> TuningResult:
-    """A finished tuning job's trials as a :class:`~helpers.hpo.TuningResult` (the table the chapter shows)."""
+def tuning_result(tuner: Any, static: Mapping[str, Any], wall_s: float,
+                  space: Mapping[str, Any] = SEARCH_SPACE) -> TuningResult:
+    """A finished tuning job's trials as a :class:`~helpers.hpo.TuningResult` (the table the chapter shows),
+    with a column per dimension of ``space``, the search space the tuner was given."""
     import pandas as pd
 
     job = tuner.latest_tuning_job.refresh()
@@ -149,7 +153,7 @@ def tuning_result(tuner: Any, static: Mapping[str, Any], wall_s: float) -> Tunin
         start, end = desc.get("TrainingStartTime"), desc.get("TrainingEndTime")
         rows.append({"number": number, "state": TRIAL_STATES.get(s["TrainingJobStatus"], "FAIL"),
                      "value": (s.get("FinalHyperParameterTuningJobObjectiveMetric") or {}).get("Value"),
-                     **{k: coerce(k, _parse_hp(hp[k])) for k in SEARCH_SPACE if k in hp},
+                     **{k: coerce(k, _parse_hp(hp[k]), space) for k in space if k in hp},
                      "epochs_run": _epochs_run(desc),
                      "duration_s": (end - start).total_seconds() if start and end else None,
                      "job": s["TrainingJobName"]})
@@ -158,7 +162,7 @@ def tuning_result(tuner: Any, static: Mapping[str, Any], wall_s: float) -> Tunin
     if best is None or not best.training_job_name:
         raise RuntimeError(f"Tuning job {job.hyper_parameter_tuning_job_name} has no completed trial; "
                            "see the trials table and each job's FailureReason.")
-    best_hp = {k: coerce(k, _parse_hp(v)) for k, v in (best.tuned_hyper_parameters or {}).items() if k in SEARCH_SPACE}
+    best_hp = {k: coerce(k, _parse_hp(v), space) for k, v in (best.tuned_hyper_parameters or {}).items() if k in space}
     value = best.final_hyper_parameter_tuning_job_objective_metric.value
     return TuningResult(engine="sagemaker", trials=trials, best_hyperparameters=best_hp, best_value=float(value),
                         static=dict(static), wall_s=wall_s,

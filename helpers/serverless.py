@@ -260,14 +260,28 @@ def api_gateway_event(image: bytes, content_type: str = "image/jpeg") -> dict[st
     """An API Gateway (REST, proxy integration) event carrying an image, as API Gateway sends it."""
     import base64
 
-    return {"resource": "/classify", "path": "/classify", "httpMethod": "POST",
-            "headers": {"Content-Type": content_type}, "isBase64Encoded": True,
-            "body": base64.b64encode(image).decode("ascii"),
-            "requestContext": {"accountId": "123456789012", "stage": "prod", "requestId": str(uuid.uuid4())}}
+    return _within_limit({"resource": "/classify", "path": "/classify", "httpMethod": "POST",
+                          "headers": {"Content-Type": content_type}, "isBase64Encoded": True,
+                          "body": base64.b64encode(image).decode("ascii"),
+                          "requestContext": {"accountId": "123456789012", "stage": "prod",
+                                             "requestId": str(uuid.uuid4())}}, len(image))
 
 
 def direct_event(image: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
     """The direct-invocation event the chapter uses as the console's test event."""
     import base64
 
-    return {"image_b64": base64.b64encode(image).decode("ascii"), "content_type": content_type}
+    return _within_limit({"image_b64": base64.b64encode(image).decode("ascii"), "content_type": content_type},
+                         len(image))
+
+
+def _within_limit(event: dict[str, Any], image_bytes: int) -> dict[str, Any]:
+    """``event``, or a clear error when Lambda would refuse it: 6 MB for the whole event, base64 image included."""
+    from helpers.lambda_function import MAX_EVENT
+
+    size = len(json.dumps(event).encode())
+    if size > MAX_EVENT:
+        raise ValueError(f"A {image_bytes / 1e6:.1f} MB image makes a {size / 1e6:.1f} MB event, and Lambda accepts "
+                         f"at most {MAX_EVENT} bytes per synchronous invocation (base64 adds a third): send images "
+                         f"up to about {MAX_EVENT * 3 // 4 / 1e6:.1f} MB, or call the endpoint directly (6 MB).")
+    return event

@@ -18,6 +18,8 @@
 - An exception in the handler is answered as the service answers it: status 200 with
   ``X-Amz-Function-Error: Unhandled`` and ``errorMessage``/``errorType``/``stackTrace``; so are a
   result that is not JSON (``Runtime.MarshalError``) and a run past the function's ``Timeout``.
+- A payload over Lambda's limit (6 MB synchronous, 1 MB asynchronous) is refused with
+  ``RequestTooLargeException`` (413) before the handler runs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from helpers.emulator.server import ACCOUNT_ID, CREDENTIALS, AwsError, Request, 
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 10  # execution environments per function (the account default is 1,000)
+MAX_PAYLOAD = 6 * 1024 * 1024  # a synchronous invocation's request payload, as on the service
+MAX_ASYNC_PAYLOAD = 1024 * 1024  # an asynchronous (Event) invocation's
 API = "/2015-03-31/functions"
 
 #: The runtime loop in the function's process: import the handler once, then one JSON line in, one out.
@@ -241,6 +245,10 @@ class Functions:
             raise AwsError("ResourceConflictException", "The operation cannot be performed at this time. The function "
                            f"is currently in the following state: {fn.state}", 409)
         kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        limit = MAX_ASYNC_PAYLOAD if kind == "Event" else MAX_PAYLOAD
+        if len(request.body or b"") > limit:
+            raise AwsError("RequestTooLargeException", f"Request must be smaller than {limit} bytes for the "
+                           "InvokeFunction operation", 413)
         try:
             event = json.loads(request.body or b"{}")
         except ValueError:

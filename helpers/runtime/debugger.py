@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
-HOOK_CONFIG = "/opt/ml/input/config/debughookconfig.json"
+HOOK_CONFIG = "/opt/ml/input/config/debughookconfig.json"  # where SageMaker writes the service's hook config
+HOOK_CONFIG_ENV = "SMDEBUG_CONFIG_FILE_PATH"  # smdebug's own variable for another place
 TENSORS_DIR = "tensors"
 COLLECTIONS = ("losses", "gradients", "weights", "biases", "relu_input", "labels", "predictions")
 
@@ -113,7 +114,7 @@ def make_hook(out_dir: Path, module: Any, criterion: Any, inst: Instrumentation,
     quiet_smdebug()
     import smdebug.pytorch as smd
 
-    config = env.get("SMDEBUG_HOOK_CONFIG", HOOK_CONFIG)
+    config = env.get(HOOK_CONFIG_ENV) or HOOK_CONFIG
     if Path(config).is_file():
         log.info("Debugger hook from SageMaker's configuration %s", config)
         hook = hook_class().create_from_json_file(config)

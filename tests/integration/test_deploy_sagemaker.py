@@ -60,9 +60,19 @@ def test_deploy_invoke_and_teardown(aws, model_data, synthetic_root):
     image = next(p for p in sorted((synthetic_root / "test").rglob("*")) if p.is_file())
     answer = invoke(boto_session.client("sagemaker-runtime"), name, image.read_bytes(), "image/png")
     assert answer["predictions"][0]["top_k"]
-    assert deploy.teardown(sm, name) == [f"endpoint {name}", f"endpoint config {name}", f"model {name}"]
+    assert deploy.teardown(boto_session, name) == [f"endpoint {name}", f"endpoint config {name}", f"model {name}"]
     assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
-    assert deploy.teardown(sm, name) == []  # a second teardown finds nothing and does not fail
+    assert deploy.teardown(boto_session, name) == []  # a second teardown finds nothing and does not fail
+
+
+def test_teardown_removes_the_model_a_failed_deploy_left(aws, model_data):
+    """A deploy that failed after Model.create and before its endpoint config: the model goes too."""
+    _, boto_session, role = aws
+    sm = boto_session.client("sagemaker")
+    sm.create_model(ModelName="sb-left-over", ExecutionRoleArn=role, PrimaryContainer={
+        "Image": deploy.serving_image("us-east-1", "ml.m5.large"), "ModelDataUrl": model_data})
+    assert deploy.teardown(boto_session, "sb-left-over") == ["model sb-left-over"]
+    assert sm.list_models()["Models"] == []
 
 
 def test_the_artifact_holds_the_handlers(aws, model_data, tmp_path):
@@ -77,14 +87,16 @@ def test_endpoint_names_are_valid():
     assert len(name) <= 63 and all(c.isalnum() or c == "-" for c in name) and not name.startswith("-")
 
 
-def test_recorded_teardown_removes_scaling_then_the_endpoint(aws, model_data):
+@pytest.mark.parametrize("recorded", [True, False])
+def test_every_teardown_removes_scaling_before_the_endpoint(aws, model_data, recorded):
     cfg, boto_session, role = aws
     name = deploy.endpoint_name(cfg)
     deploy_like_chapter_4(boto_session, role, model_data, name)
     aas = boto_session.client("application-autoscaling")
     serverless.enable_autoscaling(aas, name, serverless.ScalingPolicy())
-    removed = deploy.teardown_recorded({"backend": "local", "name": name, "region": "us-east-1"}, boto_session)
-    assert removed[:2] == ["scaling policy", "scalable target"] and f"endpoint {name}" in removed
+    removed = (deploy.teardown_recorded({"backend": "local", "name": name, "region": "us-east-1"}, boto_session)
+               if recorded else deploy.teardown(boto_session, name))  # chapter 4's path before a redeploy
+    assert removed[:3] == ["scaling policy", "scalable target", f"endpoint {name}"]
     assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     assert boto_session.client("sagemaker").list_endpoints()["Endpoints"] == []
 

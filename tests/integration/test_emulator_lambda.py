@@ -132,6 +132,15 @@ def test_deploy_function_waits_for_the_role_and_each_update(local_sagemaker):
     assert lam.get_function(FunctionName=spec.name)["Configuration"]["LastUpdateStatus"] == "Successful"
 
 
+def test_payloads_over_lambdas_limits_are_refused_before_the_handler_runs(function):
+    for kind, size in (("RequestResponse", 6 * 1024 * 1024), ("Event", 1024 * 1024)):
+        with pytest.raises(ClientError) as e:
+            function.invoke(FunctionName="echo", InvocationType=kind, Payload=json.dumps({"x": "a" * size}))
+        assert e.value.response["Error"]["Code"] == "RequestTooLargeException"
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    assert invoke(function, "echo", {"x": "a" * 1_000_000})[0] is None  # under the limit: it runs
+
+
 def test_delete_function_ends_its_processes(local_sagemaker, function):
     _, out = invoke(function, "echo", {})
     proc = local_sagemaker.functions.pools[("us-east-1", "echo")].idle[0].proc

@@ -1,6 +1,7 @@
 """The requests SDK v3 sends for the chapters' training and tuning jobs, as the local SageMaker receives them."""
 
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -59,8 +60,25 @@ def test_training_job_request(aws):
     assert d["StoppingCondition"]["MaxWaitTimeInSeconds"] == 2 * d["StoppingCondition"]["MaxRuntimeInSeconds"]
     assert d["CheckpointConfig"]["S3Uri"] == "s3://sagebook-test/run/checkpoints"
     assert d["OutputDataConfig"]["S3OutputPath"] == "s3://sagebook-test/run/output"
+    # no Debugger or Profiler service settings: closed to new customers (v2 turned the profiler on by default)
+    assert not {"ProfilerConfig", "ProfilerRuleConfigurations", "DebugHookConfig", "DebugRuleConfigurations"} & set(d)
     drivers = sess.boto_session.client("sagemaker").describe_training_job(TrainingJobName=d["TrainingJobName"])
     assert drivers["TrainingJobName"] == d["TrainingJobName"]  # the local SageMaker took it
+
+
+def test_only_a_debugger_job_ships_smdebug(aws):
+    """Tuning trials do not register the hook: their requirements.txt leaves smdebug (and its build) out."""
+    cfg, sess, _ = aws
+
+    def requirements(hyperparameters):
+        trainer = sagemaker_jobs.model_trainer(cfg, sess, role=ROLE, hyperparameters=hyperparameters,
+                                               base_job_name="sb-test")
+        return (Path(trainer.source_code.source_dir) / "requirements.txt").read_text().split()
+
+    static = hpo.static_hyperparameters(cfg)
+    assert not [r for r in requirements(static) if r.startswith("smdebug")]
+    assert "tqdm" in " ".join(requirements(static))
+    assert [r for r in requirements({**static, "debugger": True}) if r.startswith("smdebug==")]
 
 
 def test_tuning_job_request(aws):

@@ -149,3 +149,17 @@ def test_the_hook_writes_tensors_without_ndarray_tostring():
             warnings.simplefilter("ignore", DeprecationWarning)  # tostring, still there before NumPy 2.3
             theirs = util.make_tensor_proto(value, "t").SerializeToString()
         assert debugger._tensor_proto(value, "t").SerializeToString() == theirs
+
+
+def test_a_hook_config_file_named_by_smdebugs_variable_is_used(tmp_path):
+    """SMDEBUG_CONFIG_FILE_PATH, as smdebug names it: the service's hook settings win over the local ones."""
+    import json
+
+    config = tmp_path / "debughookconfig.json"
+    config.write_text(json.dumps({"LocalPath": str(tmp_path / "from-config"), "HookParameters": {"save_interval": "2"},
+                                  "CollectionConfigurations": [{"CollectionName": "losses"}]}))
+    model, crit = net(1.0), nn.CrossEntropyLoss()
+    hook = debugger.make_hook(tmp_path / "local", model, crit, Instrumentation(debugger=True), frozen_body=False,
+                              env={"SMDEBUG_CONFIG_FILE_PATH": str(config)})
+    assert hook.out_dir == str(tmp_path / "from-config")
+    hook.close()

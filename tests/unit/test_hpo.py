@@ -1,4 +1,7 @@
+import time
+
 import optuna
+
 import pandas as pd
 import pytest
 from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
@@ -25,6 +28,8 @@ def test_one_space_two_translations():
     assert [r["parameter"] for r in hpo.describe_space()] == ["lr", "batch_size", "epochs"]
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
+                            "ignore:Heartbeat of storage is supposed to be used")  # the test's own dead trial
 def test_local_study_tunes_on_validation_only_and_resumes(setup, monkeypatch):
     cfg, data = setup
     seen_test = []
@@ -41,14 +46,31 @@ def test_local_study_tunes_on_validation_only_and_resumes(setup, monkeypatch):
     r = hpo.tune_local(cfg, data, n_trials=3, space=small)
     assert len(r.trials) == 3 and set(seen_test) == {None}  # the test split is never handed to a trial
     assert 0 <= r.best_value <= 1 and set(r.best_hyperparameters) == {"lr", "batch_size", "epochs"}
-    # an interrupted trial (the process died mid-trial) is marked failed, and the study goes on where it stopped
-    storage = hpo.study_storage(cfg.work_path, r.details["study"])
-    optuna.load_study(study_name=r.details["study"], storage=storage).ask()
+    # an interrupted trial (the process died mid-trial: its heartbeat stopped) is marked failed by Optuna's
+    # public fail_stale_trials, and the study goes on where it stopped
+    monkeypatch.setattr(hpo, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(hpo, "GRACE_S", 1)
+    storage = optuna.storages.RDBStorage(hpo.study_storage(cfg.work_path, r.details["study"]),
+                                         heartbeat_interval=1, grace_period=1)
+    dead = optuna.load_study(study_name=r.details["study"], storage=storage).ask()
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)  # SQLite keeps heartbeats to the second
     again = hpo.tune_local(cfg, data, n_trials=5, space=small)
     assert list(again.trials.state).count("FAIL") == 1 and len(again.trials) == 5
     assert len(seen_test) == 4  # 3 + one more trial: 3 done + 1 failed count towards the 5
     rec = again.manifest_record()
     assert rec["objective"]["metric"] == "valid:accuracy" and rec["trials"] == 5
+
+
+def test_a_space_with_other_dimensions_is_honoured_everywhere(setup):
+    """Trials table, best hyperparameters and insights follow the space given, not the default one."""
+    cfg, data = setup
+    space = {"lr": hpo.LogUniform(1e-3, 1e-1), "dropout": hpo.Choice((0.1, 0.4))}
+    r = hpo.tune_local(cfg, data, n_trials=2, space=space, study_name="other-space",
+                       static={**hpo.static_hyperparameters(cfg), "epochs": 1, "batch_size": 8})
+    assert set(r.best_hyperparameters) == {"lr", "dropout"}
+    assert {"lr", "dropout"} <= set(r.trials) and not {"batch_size", "epochs"} & set(r.trials)
+    assert "dropout=" in hpo.insights(r)[0]
 
 
 def test_cached_features_are_shared_by_trials(setup):

@@ -51,6 +51,8 @@ def test_api_gateway_and_direct_events(handler):
     doc = {"instances": [{"b64": base64.b64encode(b"img").decode()}]}
     assert call({"body": json.dumps(doc), "headers": {"content-type": "application/json"}})["statusCode"] == 200
     assert json.loads(rt.calls[2]["Body"]) == doc
+    assert call({"body": "x", "headers": {1: "image/png"}})["statusCode"] == 200  # a number is no header name
+    assert rt.calls[3]["ContentType"] == "image/jpeg"
 
 
 @pytest.mark.parametrize("event, fragment", [
@@ -60,6 +62,14 @@ def test_api_gateway_and_direct_events(handler):
     ({"body": "x", "headers": {"Content-Type": "text/html"}}, "not accepted"),
     ({"image_b64": ""}, "empty"),
     ({"image_b64": base64.b64encode(b"x" * (6 * 1024 * 1024 + 1)).decode()}, "larger than 6 MB"),
+    # wrong types: each a clear 400, not an exception or a silent misreading
+    ({"body": {"image": "x"}, "headers": {}}, "body must be a string, not dict"),
+    ({"body": 12, "headers": {}}, "body must be a string, not int"),
+    ({"body": "x", "headers": [["Content-Type", "image/png"]]}, "headers must be an object"),
+    ({"body": "x", "headers": {"Content-Type": 7}}, "Content-Type header must be a string"),
+    ({"body": "eA==", "isBase64Encoded": "false", "headers": {}}, "isBase64Encoded must be true or false"),
+    ({"image_b64": 5}, "image_b64 must be a string"),
+    ({"image_b64": "eA==", "content_type": ["image/png"]}, "content_type must be a string"),
 ])
 def test_bad_events_get_400(handler, event, fragment):
     rt = StubRuntime()
@@ -79,6 +89,30 @@ def test_endpoint_errors_are_mapped(handler, err, status):
     out = handler(StubRuntime(error=err))(serverless.direct_event(b"img"))
     assert out["statusCode"] == status
     assert ACCOUNT not in out["body"] and "arn:aws" not in out["body"] and json.loads(out["body"])["error"]
+
+
+def test_a_refused_request_answers_the_containers_first_line_only(handler):
+    """On AWS the container's message for a 4xx (OriginalMessage) can carry the handler's traceback."""
+    original = ("Unsupported content type text/plain; send image/jpeg\nTraceback (most recent call last):\n"
+                '  File "/opt/ml/model/code/inference.py", line 80, in input_fn\nValueError: ...')
+    err = error("ModelError", "Received client error (415) from primary with message ...", 424,
+                OriginalStatusCode=415, OriginalMessage=original)
+    out = handler(StubRuntime(error=err))(serverless.direct_event(b"img"))
+    assert out["statusCode"] == 415
+    assert json.loads(out["body"])["error"] == "Unsupported content type text/plain; send image/jpeg"
+    as_json = error("ModelError", "...", 424, OriginalStatusCode=400,
+                    OriginalMessage=json.dumps({"error": "The image cannot be decoded.\nat line 3"}))
+    assert json.loads(handler(StubRuntime(error=as_json))(serverless.direct_event(b"img"))["body"]) == {
+        "error": "The image cannot be decoded."}
+
+
+def test_events_over_lambdas_payload_limit_are_refused_before_sending():
+    """6 MB for the whole event: with base64 an image of 4.5 MB no longer fits, though the endpoint takes 6 MB."""
+    serverless.direct_event(b"x" * 4_500_000)
+    with pytest.raises(ValueError, match=r"at most 6291456 bytes.*up to about 4\.7 MB"):
+        serverless.direct_event(b"x" * 4_800_000)
+    with pytest.raises(ValueError, match="6291456"):
+        serverless.api_gateway_event(b"x" * 4_800_000)
 
 
 def test_never_an_unhandled_exception(handler):
