@@ -220,11 +220,30 @@ def collate_skip(batch: list) -> Any:
     return default_collate(batch) if batch else None
 
 
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Each index exactly once over all ranks (rank r takes r, r + world, ...), in order.
+
+    For evaluation: ``DistributedSampler`` pads every rank to the same length by repeating samples,
+    which training needs (equal steps for DDP) but which would count those samples twice in a metric.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = range(rank, n, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, dinfo: DistInfo, workers: int,
                 pin: bool, collate: Callable = collate_skip) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch): call ``loader.sampler.set_epoch(epoch)``."""
-    sampler = DistributedSampler(ds, num_replicas=dinfo.world_size, rank=dinfo.rank, shuffle=shuffle, seed=seed,
-                                 drop_last=False)
+    """Training (``shuffle``): an order that depends only on (seed, epoch), padded to equal steps per rank;
+    call ``loader.sampler.set_epoch(epoch)``. Evaluation: every sample once (:class:`ShardSampler`)."""
+    sampler = (DistributedSampler(ds, num_replicas=dinfo.world_size, rank=dinfo.rank, shuffle=True, seed=seed,
+                                  drop_last=False) if shuffle
+               else ShardSampler(len(ds), dinfo.rank, dinfo.world_size))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
                       collate_fn=collate, persistent_workers=workers > 0)
 

@@ -427,3 +427,51 @@ def test_weights_from_the_weights_channel_and_a_clear_failure_when_they_do_not_f
     err = capsys.readouterr().err
     assert rc == 2 and "do not fit a resnet18" in err and "Traceback" not in err
     assert "do not fit a resnet18" in (tmp_path / "output" / "failure").read_text()
+
+
+def _evaluate_as_rank(rank, world, port, n, out):
+    """One rank of a gloo group: evaluate a fixed model on n samples, rank 0 writes the result."""
+    import json
+    from pathlib import Path
+
+    import torch.distributed as dist
+    from torch.utils.data import TensorDataset
+    from torch.utils.data.dataloader import default_collate
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        g = torch.Generator().manual_seed(1)
+        ds = TensorDataset(torch.randn(n, 3, generator=g), torch.randint(0, 2, (n,), generator=g))
+        dinfo = train.DistInfo(rank, world, rank)
+        loader = train.make_loader(ds, 2, shuffle=False, seed=0, dinfo=dinfo, workers=0, pin=False,
+                                   collate=default_collate)
+        result = train.evaluate(model, torch.nn.CrossEntropyLoss(), loader, torch.device("cpu"), 2, dinfo)
+        if rank == 0:
+            Path(out).write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_counts_every_sample_once(tmp_path):
+    """7 samples on 2 ranks: DistributedSampler would pad to 8 and count one twice; the metrics must equal one rank's."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    assert [list(train.ShardSampler(7, r, 2)) for r in (0, 1)] == [[0, 2, 4, 6], [1, 3, 5]]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_evaluate_as_rank, args=(2, port, 7, str(tmp_path / "two.json")), nprocs=2, join=True)
+    two = json.loads((tmp_path / "two.json").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_evaluate_as_rank, args=(1, port, 7, str(tmp_path / "one.json")), nprocs=1, join=True)
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert two["n"] == one["n"] == 7
+    assert two["loss"] == pytest.approx(one["loss"]) and two["accuracy"] == pytest.approx(one["accuracy"])
