@@ -62,17 +62,23 @@ def inputs(data: Mapping[str, Any], splits: tuple[str, ...] = ("train", "valid",
 
 def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: Mapping[str, Any],
                   base_job_name: str, instance_type: str = DEFAULT_INSTANCE_TYPE, instance_count: int = 1,
-                  max_run_s: int = 3 * 3600, use_spot: bool = False, source_dir: str | Path | None = None) -> Any:
+                  max_run_s: int = 3 * 3600, use_spot: bool = False, max_wait_s: int = 0,
+                  source_dir: str | Path | None = None) -> Any:
     """A ``ModelTrainer`` for the staged entry point (``train.py``) on the PyTorch training container.
 
     Output goes to ``{s3_prefix}/output``. Checkpoints go to ``{s3_prefix}/checkpoints``; the entry point
     keeps each job's own in a subfolder named after the job, so a restarted spot job resumes its own and
     tuning trials never resume each other's. ``instance_count > 1`` runs torchrun on every instance.
+    ``use_spot``: managed spot training, which may be interrupted and then resumes from the checkpoints;
+    ``max_wait_s`` (waiting for capacity plus running, at least ``max_run_s``; 0: twice ``max_run_s``).
     """
     from sagemaker.train import ModelTrainer
     from sagemaker.core.training.configs import (CheckpointConfig, Compute, MetricDefinition, OutputDataConfig,
                                                  SourceCode, StoppingCondition)
     from sagemaker.train.distributed import Torchrun
+
+    if use_spot and max_wait_s and max_wait_s < max_run_s:
+        raise ValueError(f"max_wait_s ({max_wait_s}) must be at least max_run_s ({max_run_s}): it includes the run.")
 
     prefix = cfg.s3_prefix.rstrip("/")
     debugger = str(hyperparameters.get("debugger", False)).lower() == "true"  # smdebug shipped only then
@@ -87,7 +93,8 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
         distributed=Torchrun() if instance_count > 1 else None,
         hyperparameters=dict(hyperparameters),
         stopping_condition=StoppingCondition(max_runtime_in_seconds=max_run_s,
-                                             max_wait_time_in_seconds=2 * max_run_s if use_spot else None),
+                                             max_wait_time_in_seconds=(max_wait_s or 2 * max_run_s)
+                                             if use_spot else None),
         output_data_config=OutputDataConfig(s3_output_path=f"{prefix}/output"),
         checkpoint_config=CheckpointConfig(s3_uri=f"{prefix}/checkpoints"),
         role=role, sagemaker_session=session, base_job_name=base_job_name, input_data_config=channels or None,

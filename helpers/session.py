@@ -134,6 +134,26 @@ def require_endpoint(boto_session: Any, name: str) -> None:
         raise PrerequisiteMissing(f"Endpoint {name} is {status}, not InService: run chapter 04_deploy again.")
 
 
+def simulate_spot_interruption(cfg: RunConfig, boto_session: Any, job_name: str) -> None:
+    """Reclaim a running managed spot job's capacity on the local SageMaker: the job is interrupted, restarts
+    under its name and resumes from its checkpoint, as on the service. On AWS, spot capacity is reclaimed by
+    AWS alone, so this refuses the ``sagemaker`` backend."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if cfg.backend != "local":
+        raise ConfigError("On AWS only AWS reclaims spot capacity; the simulation is the local SageMaker's.")
+    url = boto_session.client("sagemaker").meta.endpoint_url.rstrip("/")
+    request = urllib.request.Request(f"{url}/_local/training-jobs/{job_name}/interrupt?region="
+                                     f"{boto_session.region_name}", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+    except urllib.error.HTTPError as e:
+        raise ConfigError(f"Cannot interrupt {job_name}: {json.loads(e.read() or b'{}').get('message', e)}") from None
+
+
 def account(boto_session: Any) -> str:
     """The account the session's calls act on."""
     return boto_session.client("sts").get_caller_identity()["Account"]

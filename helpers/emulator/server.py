@@ -307,7 +307,8 @@ class LocalSageMaker:
 
         app = Gateway(Dispatcher(create_backend_app),
                       {**self.training.handlers(), **self.tuning.handlers(), **self.endpoints.handlers()},
-                      routes=self.endpoints.routes() + self.functions.routes() + iam.routes())
+                      routes=self.endpoints.routes() + self.functions.routes() + iam.routes()
+                      + self.training.routes())
         class QuietHandler(MotoRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: a client's requests reuse one connection
 

@@ -30,6 +30,12 @@ Where it differs from the container, on purpose:
   jobs (unless its ``Environment`` sets it), where an instance would have its own.
 - ``model.tar.gz`` and ``output.tar.gz`` are gzip level 0 (stored): valid archives, written fast.
 - One machine: ``InstanceCount`` N runs N processes under torchrun here (``algo-1`` ... ``algo-N``).
+- Managed spot training (``EnableManagedSpotTraining``): capacity is never reclaimed here by itself;
+  :meth:`TrainingJobs.interrupt` (``POST /_local/training-jobs/NAME/interrupt``) reclaims it as the
+  service would. The job's process gets SIGTERM, its checkpoints are synced to ``CheckpointConfig``,
+  the secondary status goes ``Interrupted`` then ``Restarting``, and the job starts again under its
+  name on a clean ``/opt/ml`` with the checkpoints restored. ``BillableTimeInSeconds`` of a spot job is
+  :data:`SPOT_BILLED_FRACTION` of its training seconds (the service's savings vary, up to 90%).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ CHECKPOINT_SYNC_S = 2.0
 #: Fork Python jobs from a warm interpreter (:mod:`helpers.emulator.warm`); ``SAGEBOOK_EMULATOR_WARM=0``: no.
 WARM = os.environ.get("SAGEBOOK_EMULATOR_WARM", "1") != "0"
 FAILURE_REASON_MAX = 1024  # the API's length limit for FailureReason
+#: A spot job's billed share of its training seconds, here; the service's depends on the spot price.
+SPOT_BILLED_FRACTION = 0.3
 
 MetricCallback = Callable[[str, float], None]
 
@@ -187,6 +195,9 @@ class _Run:
     on_metric: MetricCallback | None = None
     thread: threading.Thread | None = None
     peers: int = 1  # jobs expected to run alongside, this one included (a tuning job's parallel trials)
+    interrupt: threading.Event = field(default_factory=threading.Event)  # spot capacity reclaimed
+    interruptions: int = 0
+    trained_s: float = 0.0  # seconds the job's processes ran, over every start
 
 
 class TrainingJobs:
@@ -274,6 +285,32 @@ class TrainingJobs:
         run.stop.set()
         return {}
 
+    def interrupt(self, name: str, region: str) -> dict[str, Any]:
+        """Reclaim a running managed spot job's capacity, as the service may at any time (not an AWS API)."""
+        run = self.runs.get((region, name))
+        if run is None:
+            raise validation_error(f"Requested resource not found. Could not find training job '{name}'.")
+        if not run.params.get("EnableManagedSpotTraining"):
+            raise validation_error(f"Training job {name} does not use managed spot training: only spot capacity "
+                                   "is reclaimed.")
+        if run.job.training_job_status != "InProgress" or run.job.secondary_status != "Training":
+            raise validation_error(f"Training job {name} is not training (it is {run.job.secondary_status}).")
+        run.interrupt.set()
+        return {"TrainingJobName": name, "Interruptions": run.interruptions + 1}
+
+    def routes(self) -> list[Any]:
+        """The local-only ``POST /_local/training-jobs/NAME/interrupt`` (unsigned: any HTTP client)."""
+        from helpers.emulator.server import Route
+
+        def interrupt(request: Any) -> tuple[int, dict[str, str], bytes]:
+            from urllib.parse import parse_qs
+
+            region = parse_qs(request.environ.get("QUERY_STRING", "")).get("region", [request.region])[0]
+            answer = self.interrupt(request.match.group(1), region)
+            return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
+
+        return [Route("", "POST", re.compile(r"^/_local/training-jobs/([^/]+)/interrupt$"), interrupt)]
+
     def wait(self, name: str, region: str, timeout: float | None = None) -> str:
         """Block until the job ends; its final status."""
         run = self.runs[(region, name)]
@@ -321,10 +358,13 @@ class TrainingJobs:
                 env["OMP_NUM_THREADS"] = str(self._cpu_share(run.peers))
             self._transition(run, "Training", "Training image download completed. Training in progress.")
             job.training_start_time = now()
-            if not run.stop.is_set():
+            while not run.stop.is_set():
                 exit_code, lines = self._supervise(run, command, cwd, env, layout, ckpt.get("S3Uri"))
-                if exit_code != 0 and not run.stop.is_set():
-                    reason = failure_reason(exit_code, lines, command, layout["output"] / "failure")
+                if not run.interrupt.is_set() or run.stop.is_set():
+                    break
+                self._restart_after_interruption(run, layout, ckpt.get("S3Uri"))
+            if exit_code is not None and exit_code != 0 and not run.stop.is_set():
+                reason = failure_reason(exit_code, lines, command, layout["output"] / "failure")
             self._transition(run, "Uploading", "Uploading generated training model")
             if exit_code == 0 or run.stop.is_set():
                 _upload_artifacts(params, run.name, layout)
@@ -350,13 +390,29 @@ class TrainingJobs:
                                               for n, v in run.metrics.items()]
             job.training_end_time = end
             started = job.training_start_time or end
-            job.training_time_in_seconds = job.billable_time_in_seconds = max(1, round((end - started).total_seconds()))
+            job.training_time_in_seconds = max(1, round((end - started).total_seconds()))
+            job.billable_time_in_seconds = (max(1, round(run.trained_s * SPOT_BILLED_FRACTION))
+                                            if params.get("EnableManagedSpotTraining") else job.training_time_in_seconds)
             self._transition(run, secondary, {"Completed": "Training job completed",
                                               "Failed": "Training job failed",
                                               "MaxRuntimeExceeded": "Job stopped: it ran past MaxRuntimeInSeconds",
                                               }.get(secondary, "Training job stopped"))
             job.training_job_status = status
             run.done.set()
+
+    def _restart_after_interruption(self, run: _Run, layout: dict[str, Path], checkpoint_uri: str | None) -> None:
+        """A new instance after a spot interruption: a clean /opt/ml with the data, code and checkpoints."""
+        run.interrupt.clear()
+        run.interruptions += 1
+        self._transition(run, "Interrupted", "The job was interrupted: its spot capacity was reclaimed")
+        self._transition(run, "Restarting", "Restarting the job from its last checkpoint on new capacity")
+        for folder in ("model", "output", "checkpoints"):
+            shutil.rmtree(layout[folder], ignore_errors=True)
+            layout[folder].mkdir(parents=True)
+        (layout["output"] / "data").mkdir(parents=True, exist_ok=True)
+        if checkpoint_uri:
+            storage.download_prefix(checkpoint_uri, layout["checkpoints"])
+        self._transition(run, "Training", "Training image download completed. Training in progress.")
 
     def _cpu_share(self, peers: int = 1) -> int:
         """Threads for a job starting now: on the service each job has its instance's cores; here jobs running
@@ -416,12 +472,12 @@ class TrainingJobs:
         started, synced, seen = time.monotonic(), time.monotonic(), {}  # type: ignore[var-annotated]
         try:
             while proc.poll() is None:
-                if max_runtime and time.monotonic() - started > max_runtime and not run.stop.is_set():
+                if max_runtime and run.trained_s + time.monotonic() - started > max_runtime and not run.stop.is_set():
                     run.stop_reason = "MaxRuntimeExceeded"
                     run.job.training_job_status = "Stopping"
                     self._transition(run, "Stopping", "Stopping the job: it ran past MaxRuntimeInSeconds")
                     run.stop.set()
-                if run.stop.is_set():
+                if run.stop.is_set() or run.interrupt.is_set():  # a spot interruption gives a notice too
                     _terminate(proc, self.stop_grace_s)
                     break
                 if checkpoint_uri and time.monotonic() - synced > CHECKPOINT_SYNC_S:
@@ -433,6 +489,7 @@ class TrainingJobs:
                     pass
             proc.wait()
         finally:
+            run.trained_s += time.monotonic() - started
             if proc.poll() is None:
                 _terminate(proc, 0)
             reader.join(timeout=10)

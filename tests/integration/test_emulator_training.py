@@ -406,3 +406,57 @@ def test_a_tuning_trial_takes_the_framework_containers_path(local_sagemaker, cli
     sm.create_training_job(**req)
     assert wait(sm, "trial-1")["TrainingJobStatus"] == "Completed"
     assert probe(local_sagemaker, "trial-1")["argv"] == ["train.py", "--lr", "0.1"]
+
+
+@pytest.mark.slow
+def test_a_spot_interruption_restarts_the_job_from_its_checkpoint(local_sagemaker, clients, synthetic_root,
+                                                                  tmp_path):
+    """Spot capacity reclaimed mid-job: Interrupted, Restarting, then the same job resumes from its checkpoint,
+    and its history holds every epoch exactly once."""
+    import boto3
+
+    from helpers import session
+    from helpers.config import RunConfig
+
+    sm, s3 = clients
+    submit = put_sourcedir(s3, packaging.stage_source_dir(tmp_path / "src", debugger=False))
+    data = {s: put_tree(s3, synthetic_root / s, f"data/{s}") for s in ("train", "valid")}
+    hps = {"image_size": 96, "batch_size": 8, "epochs": 8, "lr": 0.01, "patience": 8,
+           "use_feature_cache": False, "cache_images": False, "num_workers": 0}
+    req = job_request("spot-1", submit, hps, data, CheckpointConfig={"S3Uri": f"s3://{BUCKET}/checkpoints"},
+                      EnableManagedSpotTraining=True)
+    req["StoppingCondition"]["MaxWaitTimeInSeconds"] = 1200
+    req["AlgorithmSpecification"]["MetricDefinitions"] = metrics.metric_definitions()
+    sm.create_training_job(**req)
+    job_log = local_sagemaker.work_dir / "emulator" / "training" / "spot-1" / "job.log"
+    deadline = time.monotonic() + 120
+    while "checkpoint saved epoch=2" not in (job_log.read_text() if job_log.exists() else ""):
+        assert time.monotonic() < deadline, job_log.read_text()[-2000:]
+        time.sleep(0.1)
+    env = local_sagemaker.environ()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        boto_session = boto3.Session(region_name="us-east-1")
+        session.simulate_spot_interruption(RunConfig(work_dir=str(tmp_path)), boto_session, "spot-1")
+        with pytest.raises(Exception, match="Cannot interrupt tiny-missing: Requested resource not found"):
+            session.simulate_spot_interruption(RunConfig(work_dir=str(tmp_path)), boto_session, "tiny-missing")
+    d = wait(local_sagemaker.client("sagemaker"), "spot-1")
+    assert d["TrainingJobStatus"] == "Completed", d.get("FailureReason")
+    statuses = [t["Status"] for t in d["SecondaryStatusTransitions"]]
+    assert statuses[statuses.index("Interrupted"):] == ["Interrupted", "Restarting", "Training", "Uploading",
+                                                        "Completed"]
+    assert d["BillableTimeInSeconds"] < d["TrainingTimeInSeconds"]
+    lines = job_log.read_text().splitlines()
+    assert sum(line.startswith("==== ") for line in lines) == 2  # started twice
+    assert any("resuming from the checkpoint of epoch" in line for line in lines)
+    with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=BUCKET, Key="output/spot-1/output/model.tar.gz")
+                                         ["Body"].read())) as tar:
+        metrics_json = json.load(tar.extractfile("metrics.json")) if "metrics.json" in tar.getnames() else None
+    if metrics_json is None:
+        with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=BUCKET, Key="output/spot-1/output/output.tar.gz")
+                                             ["Body"].read())) as tar:
+            metrics_json = json.load(tar.extractfile("metrics.json"))
+    assert [row["epoch"] for row in metrics_json["history"]] == list(range(1, 9))  # none lost, none repeated
+    with pytest.raises(Exception, match="not training"):  # and a finished job cannot be interrupted
+        local_sagemaker.training.interrupt("spot-1", "us-east-1")
