@@ -6,8 +6,9 @@ Environment:
 - ``ALLOW_ORIGIN`` (optional): the value of ``Access-Control-Allow-Origin``; no CORS header without it;
 - ``SAGEMAKER_RUNTIME_URL`` (optional): another ``sagemaker-runtime`` address, e.g. a local endpoint.
 
-Events: an API Gateway proxy event (the image as a base64 body with its ``Content-Type`` header, or a
-JSON body), or a direct invocation ``{"image_b64": "...", "content_type": "image/jpeg"}``. The answer is
+Events: an HTTP event from the function's URL (payload format 2.0) or API Gateway (a proxy event): the
+image as a base64 body with its ``Content-Type`` header, or a JSON body; or a direct invocation
+``{"image_b64": "...", "content_type": "image/jpeg"}``. The answer is
 ``{"statusCode", "headers", "body"}`` with a JSON body; bad events get 400 and endpoint failures a
 mapped status, always with a message and never an unhandled exception. Nothing from the invocation
 context or the account is echoed back.
@@ -117,7 +118,7 @@ def parse_event(event):
     elif "instances" in event:  # direct invocation with the endpoint's JSON schema
         content_type, body = "application/json", json.dumps(event).encode("utf-8")
     else:
-        raise BadEvent('Send an API Gateway request with an image body, or {"image_b64": "...", '
+        raise BadEvent('Send an HTTP request with an image body, or {"image_b64": "...", '
                        '"content_type": "image/jpeg"}.')
     content_type = content_type.split(";")[0].strip().lower()
     if content_type not in ACCEPTED:

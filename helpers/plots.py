@@ -300,7 +300,7 @@ def prediction_gallery(images: list, predictions: list[list[dict]], truths: list
 
 
 def load_test(results: dict) -> Figure:
-    """Throughput and p50/p95 latency by concurrency, one line per path (e.g. direct vs through Lambda)."""
+    """Throughput and p50/p95 latency by concurrency, one line per path (e.g. direct vs through the function URL)."""
     fig = Figure(figsize=(10, 3.4), layout="tight")
     ax1, ax2 = fig.subplots(1, 2)
     for label, rows in results.items():

@@ -113,7 +113,7 @@ def deploy_function(spec: FunctionSpec, *, iam: Any, lam: Any) -> dict[str, Any]
         fn = lam.update_function_configuration(FunctionName=spec.name, Role=role_arn, Timeout=spec.timeout_s,
                                                MemorySize=spec.memory_mb, Environment={"Variables": env})
         lam.get_waiter("function_updated_v2").wait(FunctionName=spec.name)
-    result = {"function_arn": fn["FunctionArn"], "role_arn": role_arn}
+    result = {"function_arn": fn["FunctionArn"], "role_arn": role_arn, "function_url": function_url(spec.name, lam)}
     if spec.provisioned_concurrency:
         version = lam.publish_version(FunctionName=spec.name)["Version"]
         lam.put_provisioned_concurrency_config(FunctionName=spec.name, Qualifier=version,
@@ -160,9 +160,47 @@ def _delete_each(steps: list[tuple[str, Callable[[], Any]]]) -> list[str]:
     return done
 
 
+def function_url(name: str, lam: Any) -> str:
+    """The function's URL, created when missing: HTTPS in front of the function, with ``AWS_IAM`` auth, so only
+    callers that sign their requests (SigV4, service ``lambda``) and may ``lambda:InvokeFunctionUrl`` get in."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return lam.get_function_url_config(FunctionName=name)["FunctionUrl"]
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+    return lam.create_function_url_config(FunctionName=name, AuthType="AWS_IAM")["FunctionUrl"]
+
+
+def call_function_url(boto_session: Any, url: str, body: bytes, content_type: str = "image/jpeg",
+                      timeout_s: float = 60) -> tuple[int, Any]:
+    """POST ``body`` to a function URL, signed with the session's credentials: ``(status, parsed JSON body)``."""
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    signed = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": content_type})
+    SigV4Auth(boto_session.get_credentials().get_frozen_credentials(), "lambda",
+              boto_session.region_name).add_auth(signed)
+    request = urllib.request.Request(url, data=body, headers=dict(signed.headers.items()), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            status, data = answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        status, data = e.code, e.read()
+    try:
+        return status, json.loads(data or b"null")
+    except ValueError:
+        return status, data.decode("utf-8", "replace")
+
+
 def delete_function(name: str, *, iam: Any, lam: Any) -> list[str]:
-    """Delete the function and its role; what is already gone is skipped."""
+    """Delete the function with its URL, and its role; what is already gone is skipped."""
     return _delete_each([
+        ("function URL", lambda: lam.delete_function_url_config(FunctionName=name)),
         ("function", lambda: lam.delete_function(FunctionName=name)),
         ("role policy", lambda: iam.delete_role_policy(RoleName=f"{name}-role", PolicyName="invoke-endpoint")),
         ("role", lambda: iam.delete_role(RoleName=f"{name}-role")),

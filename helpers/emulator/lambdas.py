@@ -20,6 +20,12 @@
   result that is not JSON (``Runtime.MarshalError``) and a run past the function's ``Timeout``.
 - A payload over Lambda's limit (6 MB synchronous, 1 MB asynchronous) is refused with
   ``RequestTooLargeException`` (413) before the handler runs.
+- Function URLs: ``CreateFunctionUrlConfig`` answers a URL on this server,
+  ``http://127.0.0.1:PORT/_lambda-url/ID/`` (the service's is ``https://ID.lambda-url.REGION.on.aws/``).
+  A request there becomes the service's payload-format 2.0 event (a binary body base64-encoded), and the
+  handler's ``statusCode``/``headers``/``body`` become the HTTP answer. With ``AuthType`` ``AWS_IAM``, a
+  request that is not SigV4-signed for ``lambda`` gets 403, as there (the signature itself is not
+  checked: there are no real credentials here).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ MAX_CONCURRENCY = 10  # execution environments per function (the account default
 MAX_PAYLOAD = 6 * 1024 * 1024  # a synchronous invocation's request payload, as on the service
 MAX_ASYNC_PAYLOAD = 1024 * 1024  # an asynchronous (Event) invocation's
 API = "/2015-03-31/functions"
+URL_API = "/2021-10-31/functions"
 
 #: The runtime loop in the function's process: import the handler once, then one JSON line in, one out.
 RUNTIME = r'''
@@ -125,7 +132,11 @@ class Functions:
                 Route("lambda", "DELETE", re.compile(rf"^{API}/{name}/?$"), self._delete),
                 Route("lambda", "PUT", re.compile(rf"^{API}/{name}/(code|configuration)$"), self._update),
                 Route("lambda", "POST", re.compile(rf"^{API}/{name}/versions$"), self._publish),
-                Route("lambda", "GET", re.compile(rf"^{API}/{name}(/configuration)?/?$"), self._get)]
+                Route("lambda", "GET", re.compile(rf"^{API}/{name}(/configuration)?/?$"), self._get),
+                Route("lambda", "POST", re.compile(rf"^{URL_API}/{name}/url/?$"), self._url_config),
+                Route("lambda", "GET", re.compile(rf"^{URL_API}/{name}/url/?$"), self._url_config),
+                *[Route(signed, method, re.compile(r"^/_lambda-url/([0-9a-f]+)(/.*)?$"), self._invoke_url)
+                  for signed in ("lambda", "") for method in ("GET", "POST", "PUT")]]
 
     @staticmethod
     def backend(region: str) -> Any:
@@ -216,6 +227,73 @@ class Functions:
         else:
             answer = _updating(answer)
         return status, headers, json.dumps(answer).encode()
+
+    # -- function URLs ---------------------------------------------------------------------------
+    def _url_config(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        """moto's Create/GetFunctionUrlConfig, with the URL pointing at this server."""
+        status, headers, body = request.forward()
+        if status >= 300:
+            return status, headers, body
+        fn = self._function(self._name(request), request.region)
+        url_id = re.search(r"//([0-9a-f]+)\.lambda-url\.", fn.url_config.url)
+        if url_id:
+            fn.url_config.url = f"{self.endpoint_url().rstrip('/')}/_lambda-url/{url_id.group(1)}/"
+        answer = json.loads(body)
+        answer["FunctionUrl"] = fn.url_config.url
+        return status, headers, json.dumps(answer).encode()
+
+    def _function_by_url(self, url_id: str) -> tuple[Any, str] | tuple[None, None]:
+        from moto.awslambda.models import lambda_backends
+
+        for region, backend in lambda_backends[ACCOUNT_ID].items():
+            for fn in backend.list_functions():
+                config = getattr(fn, "url_config", None)
+                if config is not None and f"/_lambda-url/{url_id}/" in config.url:
+                    return fn, region
+        return None, None
+
+    def _invoke_url(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        """A request to a function URL: payload format 2.0 in, the handler's HTTP answer out."""
+        import base64
+
+        fn, region = self._function_by_url(request.match.group(1))
+        if fn is None:
+            return 404, {"Content-Type": "application/json"}, b'{"Message":"Not Found"}'
+        if fn.url_config.config.get("AuthType") == "AWS_IAM" and "/lambda/aws4_request" not in \
+                request.headers.get("Authorization", ""):
+            return 403, {"Content-Type": "application/json"}, b'{"Message":"Forbidden"}'
+        if fn.state != "Active":
+            return 503, {"Content-Type": "application/json"}, b'{"Message":"Service Unavailable"}'
+        if len(request.body or b"") > MAX_PAYLOAD:
+            return 413, {"Content-Type": "application/json"}, b'{"Message":"Request Entity Too Large"}'
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        content_type = headers.get("content-type", "")
+        text = content_type.startswith("text/") or content_type.split(";")[0].strip() in (
+            "application/json", "application/x-www-form-urlencoded")
+        path = request.match.group(2) or "/"
+        stamp = datetime.now(timezone.utc)
+        event = {"version": "2.0", "routeKey": "$default", "rawPath": path,
+                 "rawQueryString": request.environ.get("QUERY_STRING", ""), "headers": headers,
+                 "requestContext": {"accountId": "anonymous", "apiId": request.match.group(1),
+                                    "domainName": headers.get("host", ""), "domainPrefix": request.match.group(1),
+                                    "http": {"method": request.method, "path": path, "protocol": "HTTP/1.1",
+                                             "sourceIp": "127.0.0.1", "userAgent": headers.get("user-agent", "")},
+                                    "requestId": str(uuid.uuid4()), "routeKey": "$default", "stage": "$default",
+                                    "time": stamp.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                                    "timeEpoch": int(stamp.timestamp() * 1000)},
+                 "isBase64Encoded": not text}
+        if request.body:
+            event["body"] = request.body.decode("utf-8", "replace") if text else base64.b64encode(
+                request.body).decode("ascii")
+        payload, error = self.run(fn, region, event)
+        if error:
+            return 502, {"Content-Type": "application/json"}, b'{"Message":"Internal Server Error"}'
+        if isinstance(payload, dict) and "statusCode" in payload:
+            body = payload.get("body") or ""
+            data = base64.b64decode(body) if payload.get("isBase64Encoded") else str(body).encode()
+            out = {str(k): str(v) for k, v in (payload.get("headers") or {}).items()}
+            return int(payload["statusCode"]), out, data
+        return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
 
     def _delete(self, request: Request) -> tuple[int, dict[str, str], bytes]:
         answer = request.forward()

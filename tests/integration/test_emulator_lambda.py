@@ -141,6 +141,34 @@ def test_payloads_over_lambdas_limits_are_refused_before_the_handler_runs(functi
     assert invoke(function, "echo", {"x": "a" * 1_000_000})[0] is None  # under the limit: it runs
 
 
+def test_a_function_url_with_iam_auth_answers_signed_requests_only(local_sagemaker, function):
+    """Payload format 2.0 in, the handler's answer out; AWS_IAM refuses an unsigned request with 403."""
+    import urllib.error
+    import urllib.request
+
+    import boto3
+
+    url = serverless.function_url("echo", function)
+    assert url.startswith(local_sagemaker.endpoint_url) and "/_lambda-url/" in url
+    assert serverless.function_url("echo", function) == url  # found, not made twice
+    assert function.get_function_url_config(FunctionName="echo")["AuthType"] == "AWS_IAM"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=30)
+    assert e.value.code == 403
+    session = boto3.Session(region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    status, out = serverless.call_function_url(session, url, b"\x89PNG binary", "image/png")
+    assert status == 200 and out["name"] == "echo"
+    event = out["event"]
+    assert event["version"] == "2.0" and event["requestContext"]["http"]["method"] == "POST"
+    assert event["isBase64Encoded"] is True and event["headers"]["content-type"] == "image/png"
+    assert __import__("base64").b64decode(event["body"]) == b"\x89PNG binary"
+    status, out = serverless.call_function_url(session, url, b'{"fail": "x"}', "application/json")
+    assert status == 200 and out["event"]["isBase64Encoded"] is False  # text arrives as text
+    assert serverless.delete_function("echo", iam=local_sagemaker.client("iam"), lam=function)[:2] == [
+        "function URL", "function"]
+    assert serverless.call_function_url(session, url, b"x", "image/png")[0] == 404
+
+
 def test_delete_function_ends_its_processes(local_sagemaker, function):
     _, out = invoke(function, "echo", {})
     proc = local_sagemaker.functions.pools[("us-east-1", "echo")].idle[0].proc

@@ -60,7 +60,10 @@ def test_deploy_function_with_its_role(aws):
     assert out["provisioned_version"] in {v["Version"] for v in lam.list_versions_by_function(
         FunctionName=spec.name)["Versions"]}
     serverless.deploy_function(spec, iam=iam, lam=lam)  # a second deployment updates in place
-    assert set(serverless.delete_function(spec.name, iam=iam, lam=lam)) == {"function", "role policy", "role"}
+    assert lam.get_function_url_config(FunctionName=spec.name)["AuthType"] == "AWS_IAM"
+    assert out["function_url"] == lam.get_function_url_config(FunctionName=spec.name)["FunctionUrl"]
+    assert set(serverless.delete_function(spec.name, iam=iam, lam=lam)) == {"function URL", "function",
+                                                                            "role policy", "role"}
     assert lam.list_functions()["Functions"] == []
 
 

@@ -56,7 +56,7 @@ def test_api_gateway_and_direct_events(handler):
 
 
 @pytest.mark.parametrize("event, fragment", [
-    ({}, "Send an API Gateway request"), ("not a dict", "JSON object"),
+    ({}, "Send an HTTP request"), ("not a dict", "JSON object"),
     ({"image_b64": "%%%"}, "not valid base64"), ({"body": None, "headers": {}}, "no body"),
     ({"body": "abc", "isBase64Encoded": True, "headers": {}}, "does not decode"),
     ({"body": "x", "headers": {"Content-Type": "text/html"}}, "not accepted"),
