@@ -163,8 +163,9 @@ def build(root: Path = ROOT) -> Path:
 
 
 def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: bool = True,
-        notebooks: Path = NOTEBOOKS, out_dir: Path = BOOK) -> tuple[list[ChapterRun], Path | None]:
-    """Execute the selected chapters in order, then build the book."""
+        notebooks: Path = NOTEBOOKS, out_dir: Path = BOOK,
+        keep_endpoint: bool = False) -> tuple[list[ChapterRun], Path | None]:
+    """Execute the selected chapters in order, clean up what they created, then build the book."""
     all_chapters = chapters(notebooks)
     if not all_chapters:
         raise BookError(f"No chapter notebooks found in {notebooks}")
@@ -176,6 +177,7 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
     per_chapter = check_parameters(params, selected)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
+    failure: BaseException | None = None
     try:
         # kernels inherit: no progress-bar redraws in the book, and where chapters publish files
         with temporary_environ(**{progress.ENV: "0", BOOK_DIR_ENV: str(out_dir.resolve())}):
@@ -184,8 +186,17 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
                 runs.append(run_chapter(nb, per_chapter[nb], out_dir))
                 print(f"  {nb.stem} done in {runs[-1].seconds:.1f} s", flush=True)
                 _write_timings(out_dir.parent / "_build" / TIMINGS, params, runs)  # the appendix reads them
+    except BaseException as e:
+        failure = e
+        raise
     finally:
-        teardown(params)  # also when a chapter failed: an endpoint left running costs money
+        try:  # also when a chapter failed: an endpoint left running costs money
+            teardown(params, keep_endpoint=keep_endpoint)
+        except Exception as e:  # noqa: BLE001 - never hide the chapter's own error behind the cleanup's
+            note = f"The cleanup failed: {e}"
+            if failure is None:
+                raise BookError(note) from None
+            print(f"  {note}", file=sys.stderr, flush=True)
     for nb in all_chapters:
         if not (out_dir / nb.name).exists():
             stub_unexecuted(nb, out_dir)
@@ -199,14 +210,17 @@ def _write_timings(path: Path, params: dict[str, Any], runs: list[ChapterRun]) -
                              "chapters": {r.name: round(r.seconds, 2) for r in runs}})
 
 
-def teardown(params: dict[str, Any]) -> list[str]:
-    """Remove the endpoint the series left running for chapter 5, and stop the run's local SageMaker."""
+def teardown(params: dict[str, Any], keep_endpoint: bool = False) -> list[str]:
+    """Remove what the run created (its ledger) and stop its local SageMaker; with ``keep_endpoint``, the
+    endpoint and what serves and calls it stay (and the local SageMaker runs on)."""
     from helpers.session import teardown as teardown_run
 
     fields = set(RunConfig.field_names())
-    removed = teardown_run(RunConfig(**{k: v for k, v in params.items() if k in fields}))
-    for what in removed:
-        print(f"  tore down {what}")
+    cfg = RunConfig(**{k: v for k, v in params.items() if k in fields})
+    removed = teardown_run(cfg, keep_endpoint=keep_endpoint)
+    print(f"  cleaned up: {', '.join(removed) if removed else 'nothing was left'}")
+    if keep_endpoint:
+        print(f"  the endpoint stays: python -m helpers.cleanup --work-dir {cfg.work_path} removes it")
     return removed
 
 
@@ -218,6 +232,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a chapter parameter (repeatable), e.g. -p image_size 128")
     p.add_argument("--only", help="comma-separated chapter numbers to run, e.g. 01,02")
     p.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
+    p.add_argument("--keep-endpoint", action="store_true",
+                   help="leave the endpoint (and its Lambda function) running; python -m helpers.cleanup removes it")
     p.add_argument("--dry-run", action="store_true",
                    help="check the parameters and print what would run, without running anything")
     return p
@@ -242,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     try:
-        runs, index = run(params, only, do_build=not args.no_build)
+        runs, index = run(params, only, do_build=not args.no_build, keep_endpoint=args.keep_endpoint)
     except (BookError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

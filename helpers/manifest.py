@@ -13,13 +13,16 @@ Writes go through a temp file and an atomic rename, so a crash never leaves a ha
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from helpers.runtime.fileio import atomic_write_json
 
@@ -27,6 +30,38 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 VERSION = 1
+LEDGER_KEY = "ledger"  # helpers.ledger's part of the file: kept whatever happens to the stages
+
+_lock = threading.Lock()  # S3 uploads record in threads: one writer at a time in this process
+
+
+class _Fd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)  # and with it the lock
+
+
+@contextlib.contextmanager
+def locked_manifest(path: Path) -> Iterator[dict[str, Any]]:
+    """The manifest file's JSON, to read and change, under a lock held across threads and processes; written
+    back (atomically) when changed. An unreadable file is a :class:`ManifestError`, never overwritten."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)  # the lock is on the work folder: no lock file left behind
+    with _lock, contextlib.closing(_Fd(folder)):
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise ManifestError(f"The run manifest {path} is unreadable ({e}). Delete it and rerun the "
+                                "chapters from 01_data.") from None
+        before = json.dumps(raw, sort_keys=True, default=str)
+        yield raw
+        if json.dumps(raw, sort_keys=True, default=str) != before:
+            atomic_write_json(path, raw)
 
 #: stage -> chapter that records it, in workflow order.
 STAGES: dict[str, str] = {
@@ -65,10 +100,10 @@ class Manifest:
             return cls(path=path)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            stages = raw["stages"]
+            stages = raw.get("stages", {})  # a ledger alone: nothing recorded yet
             if not isinstance(stages, dict):
                 raise TypeError("'stages' is not an object")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ManifestError(
                 f"The run manifest {path} is unreadable ({e}). Delete it and rerun the chapters from 01_data."
             ) from None
@@ -124,7 +159,8 @@ class Manifest:
             self.stages = stages
 
     def _write(self, stages: dict[str, dict[str, Any]]) -> None:
-        atomic_write_json(self.path, {"version": VERSION, "stages": {s: stages[s] for s in STAGES if s in stages}})
+        with locked_manifest(self.path) as raw:  # the ledger in the same file stays as it is
+            raw.update(version=VERSION, stages={s: stages[s] for s in STAGES if s in stages})
 
     def summary(self) -> str:
         """One line per stage: recorded or still missing."""

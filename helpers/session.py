@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Any
 
+from helpers import ledger
 from helpers.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,14 @@ def connect(cfg: RunConfig) -> Any:
         sess = boto3.Session(region_name=env["AWS_DEFAULT_REGION"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
         _ensure_bucket(sess, cfg.s3_prefix)
+        ledger.watch(sess, cfg.work_path, cfg.backend)  # every resource the run creates from here on
         return sess
     for var in _ENDPOINT_VARS:  # a local run earlier in this process must not redirect real calls
         os.environ.pop(var, None)
     sess = boto3.Session(region_name=region(cfg))
     if not sess.region_name:
         raise ConfigError("No AWS region: pass region='eu-west-1' (or set AWS_DEFAULT_REGION).")
+    ledger.watch(sess, cfg.work_path, cfg.backend)
     return sess
 
 
@@ -159,23 +162,13 @@ def account(boto_session: Any) -> str:
     return boto_session.client("sts").get_caller_identity()["Account"]
 
 
-def teardown(cfg: RunConfig) -> list[str]:
-    """Remove the endpoint a run left for chapter 5 (billable on SageMaker), then stop the run's local SageMaker."""
-    from helpers.deploy import teardown_recorded
-    from helpers.emulator import background
-    from helpers.manifest import Manifest
+def teardown(cfg: RunConfig, keep_endpoint: bool = False) -> list[str]:
+    """Remove what the run created (its ledger: :func:`helpers.cleanup.clean`) and stop its local SageMaker;
+    what was removed. Anything left or failed is an error that names ``python -m helpers.cleanup``."""
+    from helpers.cleanup import clean
 
-    manifest = Manifest.load(cfg.work_dir)
-    record = manifest.get("endpoint")
-    removed: list[str] = []
-    if record:
-        if record.get("backend", cfg.backend) == "local":
-            if background.running(cfg.work_path) is not None:  # else it ended, and its endpoints with it
-                removed += teardown_recorded(record, connect(cfg.replace(backend="local")))
-        else:
-            removed += teardown_recorded(record, connect(cfg.replace(backend="sagemaker",
-                                                                     region=record.get("region") or cfg.region)))
-        manifest.clear("endpoint")
-    if background.stop(cfg.work_path):
-        removed.append("the local SageMaker")
-    return removed
+    report = clean(cfg, keep_endpoint=keep_endpoint)
+    if report.errors or report.left:
+        raise ConfigError(f"The cleanup did not finish:\n{report}\nRerun: python -m helpers.cleanup "
+                          f"--work-dir {cfg.work_path}")
+    return report.removed

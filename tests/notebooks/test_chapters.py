@@ -7,17 +7,20 @@ import nbformat
 import papermill
 import pytest
 
-from helpers import book
+from helpers import book, cleanup, session
+from helpers.ledger import Ledger
 from helpers.config import ConfigError, RunConfig
-from helpers.manifest import Manifest
+from helpers.manifest import Manifest, ManifestError
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = book.chapters(ROOT / "notebooks")
 
 
 @pytest.fixture(autouse=True)
-def _stop_the_local_sagemaker(tmp_path):
-    """A chapter starts the run's local SageMaker in the background: end the one of each test's work folder."""
+def _stop_the_local_sagemaker(tmp_path, monkeypatch):
+    """Each test's run works in its own folder (never the checkout's .work, whose run the cleanup would end), and a
+    chapter starts the run's local SageMaker in the background: end the one of each test's work folder."""
+    monkeypatch.setenv("SAGEBOOK_WORK_DIR", str(tmp_path / "work"))
     yield
     from helpers.emulator import background
 
@@ -88,6 +91,25 @@ def test_a_failing_chapter_stops_the_run_and_names_chapter_and_cell(tmp_path):
     msg = str(e.value)
     assert "Chapter 02_broken failed" in msg and "code cell 3" in msg and "the data went missing" in msg
     assert (tmp_path / "book" / "01_ok.ipynb").exists() and not (tmp_path / "book" / "03_never.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_cleanup_never_hides_the_chapters_error(tmp_path, monkeypatch, capsys):
+    """The chapter's error is raised, and the cleanup's own failure is reported beside it; alone, it is the error."""
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    write_chapter(src / "01_broken.ipynb", "raise ValueError('the data went missing')")
+
+    def broken_teardown(params, keep_endpoint=False):
+        raise ManifestError("The run manifest is unreadable")
+
+    monkeypatch.setattr(book, "teardown", broken_teardown)
+    with pytest.raises(book.BookError, match="the data went missing"):
+        book.run({}, notebooks=src, out_dir=tmp_path / "book", do_build=False)
+    assert "The cleanup failed: The run manifest is unreadable" in capsys.readouterr().err
+    write_chapter(src / "01_broken.ipynb", "x = 1")
+    with pytest.raises(book.BookError, match="The cleanup failed: The run manifest is unreadable"):
+        book.run({}, notebooks=src, out_dir=tmp_path / "book", do_build=False)
 
 
 def test_unknown_parameter_is_refused_before_running(tmp_path):
@@ -211,6 +233,7 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     execute("01_data", tmp_path, **common)
     server = background.running(tmp_path / "work")
     assert server is not None  # chapter 1 started the run's local SageMaker; the next chapters find it
+    execute("02_hpo", tmp_path, **common, n_trials=2, max_parallel_trials=2)
     execute("03_debug_profile", tmp_path, **common,
             hyperparameters={"lr": 0.01, "batch_size": 8, "epochs": 1, "image_size": 32})
     nb = execute("04_deploy", tmp_path, **common, n_requests=6)
@@ -226,12 +249,43 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
                   max_seconds=5, cleanup=False)
     text5 = "".join(o.get("text", "") for c in nb5.cells if c.cell_type == "code" for o in c.outputs)
     assert "test event -> 200" in text5 and "bad event -> 400" in text5 and "Simulation, policy" in text5
+    assert "function URL -> 200" in text5
     assert sum("image/png" in o.get("data", {}) for c in nb5.cells if c.cell_type == "code" for o in c.outputs) == 3
+    # the ledger knows all the run created; the cleanup removes it, and the local SageMaker finds none of it
+    cfg = RunConfig(**common)
+    kinds = {r.kind for r in Ledger(cfg.work_path).entries()}
+    assert kinds >= {"training job", "tuning job", "model", "endpoint config", "endpoint", "scalable target",
+                     "scaling policy", "function", "function url", "role", "role policy", "s3 folder"}, kinds
+    report = cleanup.clean(cfg, stop_local=False)
+    assert report.left == [] and report.errors == [], str(report)
+    assert f"endpoint {rec['name']}" in report.removed
+    assert_nothing_of_the_run_is_left(session.connect(cfg), cfg)
+    assert cleanup.clean(cfg, stop_local=False).removed == []  # a second cleanup has nothing to do
     removed = book.teardown(common)
-    assert f"endpoint {rec['name']}" in removed and "the local SageMaker" in removed
+    assert removed == ["the local SageMaker"]
     assert Manifest.load(tmp_path / "work").get("endpoint") is None
     assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == "zombie"
     assert background.running(tmp_path / "work") is None
+
+
+def assert_nothing_of_the_run_is_left(boto_session, cfg):
+    """What a reader would list in the console after a cleanup: nothing of this run's."""
+    sm, s3 = boto_session.client("sagemaker"), boto_session.client("s3")
+    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sm.list_models()["Models"] == []
+    assert boto_session.client("lambda").list_functions()["Functions"] == []
+    roles = [r["RoleName"] for r in boto_session.client("iam").list_roles()["Roles"]]
+    assert not [r for r in roles if r.startswith(("sagebook", "SageBook"))], roles
+    aas = boto_session.client("application-autoscaling")
+    assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+    assert aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"] == []
+    groups = [g["logGroupName"] for g in boto_session.client("logs").describe_log_groups()["logGroups"]]
+    assert not [g for g in groups if g.startswith("/aws/lambda/")], groups
+    streams = boto_session.client("logs").describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs")
+    assert streams["logStreams"] == []
+    bucket, _, prefix = cfg.s3_prefix.removeprefix("s3://").partition("/")
+    left = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    assert left == [], [o["Key"] for o in left][:20]
 
 @pytest.mark.parametrize("nb", CHAPTERS[:5], ids=lambda p: p.stem)
 def test_every_aws_call_goes_through_the_runs_session(nb):
