@@ -92,6 +92,16 @@ def _s3_exists(s3: Any, uri: str, recursive: bool) -> bool:
     return bool(page.get("Contents"))
 
 
+def _job_folders(d: dict[str, Any]) -> list[str]:
+    """What the service wrote for a training job (its DescribeTrainingJob): output, and checkpoints (the entry
+    point keeps a job's own in a folder named after it)."""
+    name = d["TrainingJobName"]
+    folders = [f"{d['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{name}/"]
+    if d.get("CheckpointConfig", {}).get("S3Uri"):
+        folders.append(f"{d['CheckpointConfig']['S3Uri'].rstrip('/')}/{name}/")
+    return folders
+
+
 class _Cleaner:
     """The delete and look-up calls for each kind, on one backend and region's session."""
 
@@ -194,10 +204,7 @@ class _Cleaner:
         billable = d.get("BillableTimeInSeconds") or 0
         rc = d.get("ResourceConfig") or {}
         self.hours[f"{rc.get('InstanceType', '?')} training"] += billable * rc.get("InstanceCount", 1) / 3600
-        folders = [f"{d['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{r.name}/"]
-        if d.get("CheckpointConfig", {}).get("S3Uri"):
-            folders.append(f"{d['CheckpointConfig']['S3Uri'].rstrip('/')}/{r.name}/")
-        for folder in folders:
+        for folder in _job_folders(d):
             if _s3_delete_folder(self.s3, folder, recursive=True):
                 done.append(folder)
         streams = self.logs.get_paginator("describe_log_streams")
@@ -249,10 +256,7 @@ class _Cleaner:
         d = self.sm.describe_training_job(TrainingJobName=r.name)
         if d["TrainingJobStatus"] == "InProgress":
             return "running"
-        folders = [f"{d['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{r.name}/"]
-        if d.get("CheckpointConfig", {}).get("S3Uri"):
-            folders.append(f"{d['CheckpointConfig']['S3Uri'].rstrip('/')}/{r.name}/")
-        return next((f"objects in {f}" for f in folders if _s3_exists(self.s3, f, recursive=True)), None)
+        return next((f"objects in {f}" for f in _job_folders(d) if _s3_exists(self.s3, f, recursive=True)), None)
 
     def _tuning_left(self, r: Resource) -> str | None:
         d = self.sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=r.name)
