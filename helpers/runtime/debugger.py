@@ -1,15 +1,17 @@
 """SageMaker Debugger on both backends: the smdebug hook the training script registers, and its settings.
 
 Locally the hook writes tensors to ``OUTPUT/tensors`` (the job's ``SM_OUTPUT_DATA_DIR``, uploaded with
-the job on SageMaker too). When SageMaker's Debugger service configured the job
-(``/opt/ml/input/config/debughookconfig.json`` exists) the hook is created from that file instead,
-so the platform's own rules see the tensors. The rules that analyse a trial are in
-:mod:`helpers.debugger_rules`.
+the job on SageMaker too). When SageMaker's Debugger service configured the job (SDK v2's
+``DebuggerHookConfig``, for accounts that still have the service; the file
+``/opt/ml/input/config/debughookconfig.json``, or ``$SMDEBUG_CONFIG_FILE_PATH``), the hook takes that
+file's settings but still writes into the job's output, where the rules here read the tensors. The rules
+that analyse a trial are in :mod:`helpers.debugger_rules`.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -116,8 +118,17 @@ def make_hook(out_dir: Path, module: Any, criterion: Any, inst: Instrumentation,
 
     config = env.get(HOOK_CONFIG_ENV) or HOOK_CONFIG
     if Path(config).is_file():
-        log.info("Debugger hook from SageMaker's configuration %s", config)
-        hook = hook_class().create_from_json_file(config)
+        # The service's settings, with the tensors written into the job's output (its LocalPath would be
+        # /opt/ml/output/tensors, uploaded apart from output.tar.gz, where the chapters read them).
+        settings = json.loads(Path(config).read_text())
+        log.info("Debugger hook from SageMaker's configuration %s (tensors to %s, not %s)", config, out_dir,
+                 settings.get("LocalPath", "/opt/ml/output/tensors"))
+        settings["LocalPath"] = str(out_dir)
+        local = Path(out_dir).parent / ".debughookconfig.json"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(json.dumps(settings))
+        hook = hook_class().create_from_json_file(str(local))
+        local.unlink()
     else:
         save = smd.SaveConfig(mode_save_configs={
             smd.modes.TRAIN: smd.SaveConfigMode(save_interval=inst.train_save_interval),

@@ -152,7 +152,8 @@ def test_the_hook_writes_tensors_without_ndarray_tostring():
 
 
 def test_a_hook_config_file_named_by_smdebugs_variable_is_used(tmp_path):
-    """SMDEBUG_CONFIG_FILE_PATH, as smdebug names it: the service's hook settings win over the local ones."""
+    """SMDEBUG_CONFIG_FILE_PATH, as smdebug names it: the service's hook settings win over the local ones, but the
+    tensors go with the job's output (where chapter 3 reads them), not to the config's LocalPath."""
     import json
 
     config = tmp_path / "debughookconfig.json"
@@ -161,5 +162,12 @@ def test_a_hook_config_file_named_by_smdebugs_variable_is_used(tmp_path):
     model, crit = net(1.0), nn.CrossEntropyLoss()
     hook = debugger.make_hook(tmp_path / "local", model, crit, Instrumentation(debugger=True), frozen_body=False,
                               env={"SMDEBUG_CONFIG_FILE_PATH": str(config)})
-    assert hook.out_dir == str(tmp_path / "from-config")
+    assert hook.out_dir == str(tmp_path / "local") and not (tmp_path / "from-config").exists()
+    assert hook.save_config.get_save_config(debugger_modes().TRAIN).save_interval == 2  # the service's setting
     hook.close()
+
+
+def debugger_modes():
+    import smdebug.pytorch as smd
+
+    return smd.modes
