@@ -139,17 +139,71 @@ def check_zip(archive: str | os.PathLike[str]) -> list[zipfile.ZipInfo]:
     return infos
 
 
-def safe_extract_zip(archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, progress: bool = True) -> Path:
-    """Extract ``archive`` into ``dest`` atomically, after refusing absolute paths, ``..`` and links."""
+#: Zip-bomb limits: all members together, and one member's expansion over its compressed size (members
+#: under RATIO_FLOOR bytes are exempt: a tiny file can compress very well and harm nobody).
+MAX_EXTRACTED_BYTES = 64 * 1024**3
+MAX_RATIO = 200
+RATIO_FLOOR = 1024**2
+
+
+def _check_sizes(archive: str | os.PathLike[str], infos: list[zipfile.ZipInfo], dest: Path, max_bytes: int,
+                 max_ratio: float) -> None:
+    """Refuse what the archive says it would expand to, before writing anything."""
+    for i in infos:
+        if i.file_size > RATIO_FLOOR and i.file_size > max_ratio * max(1, i.compress_size):
+            raise UnsafeArchiveError(
+                f"Refusing to extract {archive}: {i.filename} expands {i.file_size / max(1, i.compress_size):.0f}x "
+                f"({i.compress_size} to {i.file_size} bytes; the limit is {max_ratio:g}x), a zip bomb's signature.")
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise UnsafeArchiveError(f"Refusing to extract {archive}: it expands to {total / 1e9:.1f} GB, over the "
+                                 f"{max_bytes / 1e9:.1f} GB limit.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest.parent).free
+    if total > free:
+        raise DownloadError(f"{archive} expands to {total / 1e9:.1f} GB, and {dest.parent} has "
+                            f"{free / 1e9:.1f} GB free. Free some space or choose another work_dir.")
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path, budget: list[int]) -> None:
+    """One member, streamed: it may not write more than it declared, nor the archive more than ``budget``."""
+    target = root / info.filename
+    if info.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with zf.open(info) as src, open(target, "wb") as out:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            budget[0] -= len(chunk)
+            if written > info.file_size or budget[0] < 0:
+                raise UnsafeArchiveError(f"Refusing to extract {zf.filename}: {info.filename} writes more than "
+                                         "the archive declares (a zip bomb's signature).")
+            out.write(chunk)
+
+
+def safe_extract_zip(archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, progress: bool = True,
+                     max_bytes: int = MAX_EXTRACTED_BYTES, max_ratio: float = MAX_RATIO) -> Path:
+    """Extract ``archive`` into ``dest`` atomically, after refusing absolute paths, ``..``, links and zip bombs
+    (see :data:`MAX_EXTRACTED_BYTES`, :data:`MAX_RATIO`); a corrupt member is a :class:`DownloadError` naming it."""
+    import zlib
+
     dest = Path(dest)
     infos = check_zip(archive)
+    _check_sizes(archive, infos, dest, max_bytes, max_ratio)
     tmp = dest.with_name(f".{dest.name}.extracting")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    budget = [max_bytes]
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in bar(infos, desc=f"extract {Path(archive).name}", unit="file", progress=progress):
-                zf.extract(info, tmp)
+                try:
+                    _extract_member(zf, info, tmp, budget)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                    raise DownloadError(f"{archive} is damaged: its member {info.filename} cannot be read ({e}). "
+                                        "Delete the archive and download it again.") from None
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -157,3 +157,51 @@ def test_truncated_zip(tmp_path):
     with pytest.raises(DownloadError, match="not a valid zip"):
         safe_extract_zip(archive, tmp_path / "out", progress=False)
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def deflated_zip(path, members):
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, payload in members:
+            zf.writestr(name, payload)
+    return path
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    """A few KB that would expand to 50 MB of zeros: refused by its ratio, naming the member."""
+    archive = deflated_zip(tmp_path / "bomb.zip", [("ok.txt", b"fine"), ("data/zeros.bin", b"\0" * 50_000_000)])
+    assert archive.stat().st_size < 200_000
+    with pytest.raises(UnsafeArchiveError, match=r"data/zeros.bin expands \d+x"):
+        safe_extract_zip(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["bomb.zip"]
+    # the total too: many members that each look harmless
+    archive = deflated_zip(tmp_path / "many.zip", [(f"f{i}.bin", os.urandom(1000)) for i in range(50)])
+    with pytest.raises(UnsafeArchiveError, match="expands to 0.0 GB, over the 0.0 GB limit"):
+        safe_extract_zip(archive, tmp_path / "out", progress=False, max_bytes=20_000)
+
+
+def test_a_member_that_writes_more_than_it_declares_is_stopped(tmp_path, monkeypatch):
+    """A header that understates a member: the stream stops at the declared size and the member is refused."""
+    archive = deflated_zip(tmp_path / "lying.zip", [("a.bin", os.urandom(300_000))])
+    real = zipfile.ZipFile.infolist
+
+    def understated(self):
+        infos = real(self)
+        for i in infos:
+            i.file_size = 1000  # the header lies; the stream does not
+        return infos
+
+    monkeypatch.setattr(zipfile.ZipFile, "infolist", understated)
+    with pytest.raises(DownloadError, match="a.bin"):
+        safe_extract_zip(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_member_is_a_download_error_naming_it(tmp_path):
+    archive = deflated_zip(tmp_path / "bad.zip", [("good.txt", b"fine"), ("pics/bad.png", os.urandom(20_000))])
+    data = bytearray(archive.read_bytes())
+    start = data.index(b"pics/bad.png") + len("pics/bad.png") + 100  # inside that member's compressed bytes
+    data[start:start + 64] = bytes(64)
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match="its member pics/bad.png cannot be read"):
+        safe_extract_zip(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
