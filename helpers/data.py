@@ -520,6 +520,13 @@ def insights(report: DatasetReport, image_size: int | None = None) -> list[str]:
         modes = ", ".join(f"{m} ({n:,})" for m, n in sorted(report.modes.items(), key=lambda kv: -kv[1]))
         note = "" if set(report.modes) == {"RGB"} else "; preprocessing converts every image to RGB"
         out.append(f"Image modes: {modes}{note}.")
+        from helpers.runtime.presets import HIGH_BIT_MODES
+
+        high = {m: n for m, n in report.modes.items() if m in HIGH_BIT_MODES}
+        if high:
+            out.append(f"{sum(high.values()):,} image(s) have more than 8 bits per sample "
+                       f"({', '.join(sorted(high))}): preprocessing scales them to 8 bits rather than clipping them "
+                       "(Pillow's plain conversion would turn them white).")
     stats = report.size_stats()
     if stats:
         fmt = lambda wh: f"{wh[0]:g}x{wh[1]:g}"

@@ -35,7 +35,7 @@ import torch
 
 from helpers.runtime.layout import display_name
 from helpers.runtime.models import load_model
-from helpers.runtime.presets import Preprocessing, eval_transform
+from helpers.runtime.presets import Preprocessing, eval_transform, to_rgb
 
 TOP_K = 3
 MAX_TOP_K = 20
@@ -91,7 +91,8 @@ def _open_image(raw: bytes) -> Any:
                 if im.size[0] * im.size[1] > MAX_PIXELS:
                     raise InferenceError(413, f"The image is {im.size[0]}x{im.size[1]} pixels; the limit is "
                                               f"{MAX_PIXELS:,} pixels.")
-                return im.convert("RGB")
+                rgb = to_rgb(im)  # 16-bit images scaled, not clipped: the one preprocessing path
+                return rgb.copy() if rgb is im else rgb  # outlives the file, which the block closes
     except InferenceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

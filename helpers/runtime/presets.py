@@ -37,13 +37,36 @@ class Preprocessing:
         return {**d, "mean": list(d["mean"]), "std": list(d["std"])}
 
 
-def _to_rgb(img):
-    return img if img.mode == "RGB" else img.convert("RGB")
+#: Pillow modes with more than 8 bits per sample: ``convert("RGB")`` clips them (a 16-bit PNG turns white).
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_rgb(img):
+    """An 8-bit RGB image. High-bit-depth grey images (16-bit PNGs, 32-bit integer or float TIFFs) are scaled
+    to 8 bits (16-bit data by 257, wider integers and floats above 1 by their maximum, floats in [0, 1] by
+    255) instead of clipped; everything else converts as Pillow converts it."""
+    if img.mode == "RGB":
+        return img
+    if img.mode not in HIGH_BIT_MODES:
+        return img.convert("RGB")
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    elif img.mode == "F":
+        top = 1.0 if a.size == 0 or np.nanmax(a) <= 1.0 else float(np.nanmax(a))
+    else:  # "I": 32-bit integers holding 8- or 16-bit data (a TIFF, an older Pillow's 16-bit PNG), or more
+        peak = float(np.max(a)) if a.size else 0.0
+        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    grey = np.clip(np.nan_to_num(a) * (255.0 / max(top, 1e-12)), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")  # uint8, 2-D: mode L
 
 
 def decode_transform(p: Preprocessing) -> T.Compose:
     """The deterministic, cacheable half of :func:`eval_transform`: RGB, resize, centre crop, uint8 tensor."""
-    return T.Compose([T.Lambda(_to_rgb), T.Resize(p.resize_size, antialias=True), T.CenterCrop(p.image_size),
+    return T.Compose([T.Lambda(to_rgb), T.Resize(p.resize_size, antialias=True), T.CenterCrop(p.image_size),
                       T.PILToTensor()])
 
 
@@ -62,6 +85,6 @@ def train_transform(p: Preprocessing, augment: bool) -> T.Compose:
     if not augment:
         return eval_transform(p)
     return T.Compose([
-        T.Lambda(_to_rgb), T.RandomResizedCrop(p.image_size, scale=(0.5, 1.0), antialias=True),
+        T.Lambda(to_rgb), T.RandomResizedCrop(p.image_size, scale=(0.5, 1.0), antialias=True),
         T.RandomHorizontalFlip(), T.PILToTensor(), *normalize_transform(p).transforms,
     ])

@@ -35,3 +35,59 @@ def test_same_numbers_as_torchvisions_classic_preset():
                          T.Normalize(p.mean, p.std)])
     img = photo()
     assert torch.allclose(eval_transform(p)(img), classic(img), atol=1e-6)
+
+
+def sixteen_bit_png(tmp_path, name, top):
+    """A 16-bit grey PNG: a horizontal ramp from 0 to ``top``."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, top, 64).astype(np.uint16), (32, 1))
+    path = tmp_path / name
+    Image.fromarray(ramp).save(path)  # uint16: mode I;16
+    return path
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's convert('RGB') clips 16-bit values at 255: every such image would turn white and look alike."""
+    import numpy as np
+    from PIL import Image
+
+    from helpers.runtime.presets import Preprocessing, eval_transform, to_rgb
+
+    bright, dark = sixteen_bit_png(tmp_path, "bright.png", 65535), sixteen_bit_png(tmp_path, "dark.png", 20000)
+    with Image.open(bright) as im:
+        assert im.mode.startswith("I")
+        assert np.asarray(im.convert("RGB")).mean() > 250  # the bug: all but the darkest columns clip to white
+        rgb = np.asarray(to_rgb(im))
+    assert rgb.shape == (32, 64, 3) and rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255
+    assert (np.diff(rgb[0, :, 0].astype(int)) >= 0).all()  # the ramp survives
+    with Image.open(dark) as im:
+        assert np.asarray(to_rgb(im))[0, -1, 0] == round(20000 / 257)
+    t = eval_transform(Preprocessing.for_size(32))
+    with Image.open(bright) as a, Image.open(dark) as b:
+        assert not np.allclose(t(a).numpy(), t(b).numpy())
+
+
+def test_serving_decodes_sixteen_bit_images_the_same_way(tmp_path):
+    import numpy as np
+
+    from helpers.runtime import inference
+
+    raw = sixteen_bit_png(tmp_path, "x.png", 65535).read_bytes()
+    img = inference.input_fn(raw, "image/png")["images"][0]
+    assert img.mode == "RGB" and np.asarray(img)[0, 0, 0] == 0 and np.asarray(img)[0, -1, 0] == 255
+    assert np.asarray(img)[0, 16, 0] == round(16 / 63 * 255)  # clipped, it would be 255
+
+
+def test_the_dataset_report_counts_high_bit_images(tmp_path):
+    from helpers import data
+
+    for split in ("train", "valid", "test"):
+        for c in ("a", "b"):
+            folder = tmp_path / "ds" / split / c
+            folder.mkdir(parents=True)
+            for i in range(2):
+                sixteen_bit_png(folder, f"{i}.png", 65535 - i)
+    text = "\n".join(data.insights(data.validate_dataset(tmp_path / "ds", progress=False)))
+    assert "12 image(s) have more than 8 bits per sample (I;16)" in text and "scales them to 8 bits" in text
