@@ -491,8 +491,12 @@ def insights(report: DatasetReport, image_size: int | None = None) -> list[str]:
         parts = " / ".join(f"{n} {c:,} ({100 * c / all_images:.0f}%)" for n, c in totals.items())
         out.append(f"{all_images:,} readable images in {len(report.classes)} classes: {parts}.")
     train = report.splits.get("train")
-    if train and train.total and len(train.class_counts) >= 2:
-        counts = {c: n for c, n in train.class_counts.items() if n > 0} or train.class_counts
+    empty = [c for c, n in train.class_counts.items() if n == 0] if train else []
+    if empty:  # no balance to speak of: a class the model would never see
+        out.append(f"{len(empty)} train class(es) have no readable image ({', '.join(map(display_name, empty[:5]))}"
+                   f"{' ...' if len(empty) > 5 else ''}): the dataset cannot be trained on as it is.")
+    elif train and train.total and len(train.class_counts) >= 2:
+        counts = train.class_counts
         big = max(counts, key=counts.get)
         small = min(counts, key=counts.get)
         ratio = counts[big] / max(1, counts[small])

@@ -188,6 +188,39 @@ def list_samples(split_dir: Path, classes: Sequence[str]) -> list[tuple[str, int
     return samples
 
 
+def require_usable(split: str, labels: Sequence[int], classes: Sequence[str], n_files: int) -> None:
+    """Stop before training when a split cannot serve: a train class without one readable image (the model
+    would be asked to predict a class it never saw), or a valid or test split with none."""
+    if split == "train":
+        seen = set(int(y) for y in labels)
+        missing = [c for i, c in enumerate(classes) if i not in seen]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise TrainingError(f"train class(es) without a readable image: {shown}. The model could not learn "
+                                "them: add images to those folders, or remove the folders.")
+    elif not len(labels):
+        raise TrainingError(f"no readable image in the {split} split ({n_files} file(s), none of them readable)")
+
+
+def readable_labels(samples: list[tuple[str, int]]) -> list[int]:
+    """The labels that have at least one image that decodes: one success per label ends its search (cheap on
+    healthy data; a class whose every file is corrupt is tried file by file)."""
+    from PIL import Image
+
+    found: set[int] = set()
+    for path, label in samples:
+        if label in found:
+            continue
+        try:
+            with Image.open(path) as im:
+                im.draft(im.mode, (64, 64))  # JPEG: decode at a reduced scale, every block still read
+                im.load()
+            found.add(label)
+        except Exception:  # noqa: BLE001 - the training loop skips such files; here they only count
+            continue
+    return sorted(found)
+
+
 class ImageSamples(Dataset):
     """Images and labels; an unreadable image yields None, which :func:`collate_skip` drops."""
 
@@ -291,7 +324,7 @@ def decode_splits(splits: Mapping[str, list[tuple[str, int]]], prep: Preprocessi
                 xs.append(batch[0])
                 ys.append(batch[1])
         if not xs:
-            raise TrainingError(f"no readable image in the {split} split")
+            raise TrainingError(f"no readable image in the {split} split ({len(smp)} file(s), none of them readable)")
         out[split] = TensorDataset(torch.cat(xs), torch.cat(ys))
     log.info("decoded %d images once (%.0f MB of uint8 pixels) in %.1f s", sum(len(d) for d in out.values()),
              sum(d.tensors[0].numel() for d in out.values()) / 1e6, time.perf_counter() - t0)
@@ -348,6 +381,8 @@ def extract_features(body: nn.Module, ds: Dataset, device: torch.device, batch_s
             f = body(x)
         feats.append(f.float().cpu())
         labels.append(y)
+    if not feats:
+        raise TrainingError(f"no readable image among the {len(ds)} file(s) it was given ({desc})")
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -578,6 +613,7 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     train_samples = list_samples(paths.train, classes)
     valid_samples = list_samples(paths.valid, classes)
     test_samples = list_samples(paths.test, classes) if paths.test and paths.test.is_dir() else None
+    require_usable("train", [y for _, y in train_samples], classes, len(train_samples))  # empty class folders
     if dinfo.is_main and write_artifacts:
         _check_writable(paths.model_dir, "model folder")
         _check_writable(paths.output_dir, "output folder")
@@ -615,14 +651,20 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
         cache_dir = Path(cfg.feature_cache) if cfg.feature_cache else None
         feats = {s: cached_features(body, s, smp, cfg, prep, device, workers, cache_dir, dinfo.is_main)
                  for s, smp in splits.items()}
+        for split, (_, labels) in feats.items():
+            require_usable(split, labels.tolist(), classes, len(splits[split]))
         datasets: Mapping[str, Dataset] = {s: TensorDataset(*xy) for s, xy in feats.items()}
         trained, loader_workers, loader_pin, collate = model.head, 0, False, collate_skip
     else:
         trained, loader_pin = model, pin
         decoded = decode_splits(splits, prep, workers, processes=local_ranks) if cfg.uses_image_cache else None
         if decoded is not None:  # indexing a tensor: nothing left for loader workers to do
+            for split, ds in decoded.items():
+                require_usable(split, ds.tensors[1].tolist(), classes, len(splits[split]))
             datasets, loader_workers, collate = decoded, 0, NormalizeBatch(prep)
         else:
+            for split, smp in splits.items():  # images decode every epoch: probe each class once, now
+                require_usable(split, readable_labels(smp), classes, len(smp))
             datasets = {s: ImageSamples(smp, train_transform(prep, cfg.augment) if s == "train" else eval_transform(prep))
                         for s, smp in splits.items()}
             loader_workers, collate = workers, collate_skip

@@ -185,3 +185,13 @@ def test_plots(tmp_path, synthetic_root):
     for i, f in enumerate((fig, grid, sizes)):
         f.savefig(tmp_path / f"{i}.png")
         assert (tmp_path / f"{i}.png").stat().st_size > 1000
+
+
+def test_a_train_class_without_readable_images_is_not_called_balanced(tmp_path, synthetic_root):
+    root = copy_tree(synthetic_root, tmp_path / "d")
+    for f in (root / "train" / "001.Affenpinscher").iterdir():
+        f.write_bytes(b"broken")
+    r = data.validate_dataset(root, progress=False)
+    assert not r.usable and any("no readable image: 001.Affenpinscher" in p for p in r.problems)
+    text = "\n".join(data.insights(r))
+    assert "balanced" not in text and "1 train class(es) have no readable image (Affenpinscher)" in text

@@ -475,3 +475,50 @@ def test_distributed_evaluation_counts_every_sample_once(tmp_path):
     one = json.loads((tmp_path / "one.json").read_text())
     assert two["n"] == one["n"] == 7
     assert two["loss"] == pytest.approx(one["loss"]) and two["accuracy"] == pytest.approx(one["accuracy"])
+
+
+@pytest.fixture
+def broken_copy(tmp_path, synthetic_root):
+    """A copy of the synthetic dataset to damage: ``(root, first train class)``."""
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic_root, root)
+    return root, sorted(d.name for d in (root / "train").iterdir())[0]
+
+
+def damage(folder):
+    for f in folder.iterdir():
+        f.write_bytes(b"not an image")
+
+
+MODES = {"image cache": dict(use_feature_cache=False), "feature cache": dict(use_feature_cache=True),
+         "augment (decoded every epoch)": dict(augment=True, use_feature_cache=False)}
+
+
+def test_an_empty_train_class_stops_before_anything_runs(broken_copy, paths):
+    root, cls = broken_copy
+    shutil.rmtree(root / "train" / cls)
+    (root / "train" / cls).mkdir()
+    with pytest.raises(TrainingError, match=f"train class\\(es\\) without a readable image: {cls}"):
+        train.fit(TrainConfig(**FAST), paths(train=root / "train", valid=root / "valid", test=root / "test"),
+                  emit=lambda line: None)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=list(MODES))
+def test_a_train_class_of_corrupt_files_stops_before_training(broken_copy, paths, mode):
+    root, cls = broken_copy
+    damage(root / "train" / cls)
+    lines = []
+    with pytest.raises(TrainingError, match=f"without a readable image: {cls}"):
+        train.fit(TrainConfig(**FAST, **MODES[mode]), paths(train=root / "train", valid=root / "valid",
+                                                             test=root / "test"), emit=quiet(lines))
+    assert not [line for line in lines if line.startswith("#metrics")]  # not one epoch ran
+
+
+@pytest.mark.parametrize("mode", MODES, ids=list(MODES))
+def test_an_unreadable_valid_split_stops_before_training(broken_copy, paths, mode):
+    root, _ = broken_copy
+    for folder in (root / "valid").iterdir():
+        damage(folder)
+    with pytest.raises(TrainingError, match="no readable image"):
+        train.fit(TrainConfig(**FAST, **MODES[mode]), paths(train=root / "train", valid=root / "valid",
+                                                             test=root / "test"), emit=lambda line: None)
