@@ -31,6 +31,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     return path
 
 
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Delete the temp files of interrupted :func:`atomic_write` calls in ``folder`` (``.NAME.XXXX.tmp``): a killed
+    writer leaves them, and SageMaker would upload those in a checkpoint folder. Call it before writing there."""
+    removed = []
+    for f in Path(folder).glob(".*.tmp"):
+        if f.is_file():
+            f.unlink(missing_ok=True)
+            removed.append(f.name)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda f: f.write(data))

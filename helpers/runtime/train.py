@@ -35,7 +35,7 @@ from torch.utils.data.dataloader import default_collate
 
 from helpers.runtime import debugger
 from helpers.runtime.debugger import Instrumentation
-from helpers.runtime.fileio import atomic_write, atomic_write_json
+from helpers.runtime.fileio import atomic_write, atomic_write_json, remove_stale_temp_files
 from helpers.runtime.layout import find_split_dir, is_image
 from helpers.runtime.metrics import format_metrics
 from helpers.runtime.models import ModelConfig, ModelError, TransferModel, build_body, make_head, save_model
@@ -542,14 +542,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path, cfg: TrainConfig, restart: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from, None to start fresh; a corrupt or foreign one is an error unless ``restart``."""
+def load_checkpoint(path: Path, cfg: TrainConfig, restart: bool,
+                    data: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None to start fresh. A corrupt one, or one written for other
+    hyperparameters or other ``data`` (:func:`data_identity`), is an error naming the difference, unless
+    ``restart``."""
     if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        problem = None if state.get("hyperparameters") == _resume_identity(cfg) else (
-            "it was written by a run with other hyperparameters")
+        problem = _resume_problem(state, _resume_identity(cfg), data)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         state, problem = None, f"it is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
     if problem is None:
@@ -560,6 +562,45 @@ def load_checkpoint(path: Path, cfg: TrainConfig, restart: bool) -> dict[str, An
         return None
     raise TrainingError(f"Cannot resume from the checkpoint {path}: {problem}. Delete it, or pass --restart "
                         "to start training from scratch.")
+
+
+def _resume_problem(state: Mapping[str, Any], identity: Mapping[str, Any],
+                    data: Mapping[str, Any] | None) -> str | None:
+    """Why ``state`` is not this run's checkpoint, in words, or None."""
+    theirs = state.get("hyperparameters") or {}
+    if theirs != identity:
+        diff = [f"{k}: {theirs.get(k)!r} there, {identity.get(k)!r} here" for k in sorted(set(theirs) | set(identity))
+                if theirs.get(k) != identity.get(k)]
+        return "it was written by a run with other hyperparameters (" + "; ".join(diff[:5]) + ")"
+    if data is None:
+        return None
+    saved = state.get("data")
+    if saved is None:
+        return "it does not record which data it was trained on (an older checkpoint)"
+    if list(saved["classes"]) != list(data["classes"]):
+        gone = [c for c in saved["classes"] if c not in data["classes"]]
+        new = [c for c in data["classes"] if c not in saved["classes"]]
+        return (f"it was trained on other classes ({len(saved['classes'])} there, {len(data['classes'])} here"
+                + (f"; only there: {', '.join(gone[:5])}" if gone else "")
+                + (f"; only here: {', '.join(new[:5])}" if new else "") + ")")
+    for split in ("train", "valid"):
+        if saved.get(split) != data.get(split):
+            return f"it was trained on other data: the {split} files differ (names or sizes)"
+    return None
+
+
+def data_identity(classes: Sequence[str], splits: Mapping[str, list[tuple[str, int]]],
+                  roots: Mapping[str, Path]) -> dict[str, Any]:
+    """What a checkpoint was trained on: the class names, and per split a fingerprint of its file listing
+    (each file's path below the split folder and its size; cheap, and the same wherever the channel is)."""
+    out: dict[str, Any] = {"classes": list(classes)}
+    for split, samples in splits.items():
+        h = hashlib.sha256()
+        for path, label in sorted(samples):
+            p = Path(path)
+            h.update(f"{p.relative_to(roots[split]).as_posix()}\0{label}\0{p.stat().st_size}\n".encode())
+        out[split] = h.hexdigest()[:24]
+    return out
 
 
 def _resume_identity(cfg: TrainConfig) -> dict[str, Any]:
@@ -620,7 +661,11 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     ckpt_path = paths.checkpoint_dir / CHECKPOINT_FILE if paths.checkpoint_dir else None
     if ckpt_path is not None and dinfo.is_main:
         _check_writable(paths.checkpoint_dir, "checkpoint folder")
-    state = load_checkpoint(ckpt_path, cfg, restart) if ckpt_path else None
+        if stale := remove_stale_temp_files(paths.checkpoint_dir):
+            log.info("removed %d temp file(s) of an interrupted checkpoint write: %s", len(stale), ", ".join(stale))
+    data_id = data_identity(classes, {"train": train_samples, "valid": valid_samples},
+                            {"train": paths.train, "valid": paths.valid})
+    state = load_checkpoint(ckpt_path, cfg, restart, data_id) if ckpt_path else None
     if dinfo.enabled:
         dist.barrier()  # rank 0 may have deleted a bad checkpoint under --restart
 
@@ -682,7 +727,7 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     with _instruments(instruments, paths.output_dir, trained, criterion, cfg, device, loader_workers,
                       isinstance(collate, NormalizeBatch), dinfo) as (hook, timer, prof):
         run = _Run(model, trained, net, criterion, optimizer, scaler, amp_dtype, loaders, classes, mcfg, device, hook,
-                   timer, prof)
+                   timer, prof, data_id)
         return _train(cfg, paths, dinfo, run, state, ckpt_path, started, on_epoch, emit, write_artifacts)
 
 
@@ -704,6 +749,7 @@ class _Run:
     hook: Any
     timer: Any
     prof: Any
+    data_id: dict[str, Any]  # what the checkpoints say they were trained on (data_identity)
 
 
 @contextlib.contextmanager
@@ -801,7 +847,8 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: "_Run", stat
                     "epoch": epoch, "model": run.trained.state_dict(), "optimizer": run.optimizer.state_dict(),
                     "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {}, "best_state": best_state,
                     "best_loss": best_loss, "best_epoch": result.best_epoch, "bad_epochs": bad_epochs,
-                    "history": result.history, "hyperparameters": _resume_identity(cfg), "stopped_early": stop,
+                    "history": result.history, "hyperparameters": _resume_identity(cfg), "data": run.data_id,
+                    "stopped_early": stop,
                 })
                 emit(f"checkpoint saved epoch={epoch}")
         if dinfo.enabled:

@@ -522,3 +522,41 @@ def test_an_unreadable_valid_split_stops_before_training(broken_copy, paths, mod
     with pytest.raises(TrainingError, match="no readable image"):
         train.fit(TrainConfig(**FAST, **MODES[mode]), paths(train=root / "train", valid=root / "valid",
                                                              test=root / "test"), emit=lambda line: None)
+
+
+def test_a_checkpoint_of_other_data_is_refused_naming_the_difference(paths, tmp_path, synthetic_root):
+    """Same hyperparameters, same class count, other data: resuming would train 0 epochs on the wrong data."""
+    p = paths()
+    train.fit(TrainConfig(**FAST), p, emit=quiet([]))
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_root, other)
+    victim = next((other / "train").rglob("*.jpg"), None) or next(f for f in (other / "train").rglob("*") if f.is_file())
+    victim.write_bytes(victim.read_bytes() + b"\0")  # one file changed
+    moved = dataclasses.replace(p, train=other / "train", valid=other / "valid", test=other / "test")
+    with pytest.raises(TrainingError, match="other data: the train files differ"):
+        train.fit(TrainConfig(**FAST), moved, emit=quiet([]))
+    renamed = tmp_path / "renamed"
+    shutil.copytree(synthetic_root, renamed)
+    for split in ("train", "valid", "test"):
+        (renamed / split / "001.Affenpinscher").rename(renamed / split / "001.Akita")
+    moved = dataclasses.replace(p, train=renamed / "train", valid=renamed / "valid", test=renamed / "test")
+    with pytest.raises(TrainingError, match="other classes .*only there: 001.Affenpinscher; only here: 001.Akita"):
+        train.fit(TrainConfig(**FAST), moved, emit=quiet([]))
+    same_place = dataclasses.replace(p)  # the data unchanged: it resumes (and finds nothing left to train)
+    assert train.fit(TrainConfig(**FAST), same_place, emit=quiet([])).resumed_from == 4
+
+
+def test_a_hyperparameter_mismatch_names_the_hyperparameter(paths):
+    p = paths()
+    train.fit(TrainConfig(**{**FAST, "epochs": 1}), p, emit=quiet([]))
+    with pytest.raises(TrainingError, match="lr: 0.01 there, 0.02 here"):
+        train.fit(TrainConfig(**{**FAST, "epochs": 1, "lr": 0.02}), p, emit=quiet([]))
+
+
+def test_temp_files_of_an_interrupted_checkpoint_write_are_removed_at_start(paths):
+    p = paths()
+    p.checkpoint_dir.mkdir(parents=True)
+    stale = p.checkpoint_dir / ".checkpoint.pt.k3j2h1.tmp"
+    stale.write_bytes(b"x" * 1000)
+    train.fit(TrainConfig(**{**FAST, "epochs": 1}), p, emit=quiet([]))
+    assert not stale.exists() and (p.checkpoint_dir / "checkpoint.pt").is_file()
