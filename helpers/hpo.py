@@ -152,6 +152,23 @@ def study_storage(work_dir: Path, study_name: str) -> str:
 HEARTBEAT_S, GRACE_S = 5, 15
 
 
+def _rdb_storage(optuna: Any, url: str, attempts: int = 5) -> Any:
+    """Optuna's RDB storage with heartbeats. Two runs that open a new SQLite file at once both create its
+    tables, and the second fails with "already exists": it simply opens it again."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                              engine_kwargs={"connect_args": {"timeout": 60}}
+                                              if url.startswith("sqlite") else {})
+        except OperationalError as e:
+            if "already exists" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def tune_local(cfg: RunConfig, data: Mapping[str, Any], *, n_trials: int = 12, n_jobs: int = 1, prune: bool = True,
                feature_cache: bool = True, study_name: str | None = None, timeout_s: float | None = None,
                space: Mapping[str, Any] = SEARCH_SPACE, static: Mapping[str, Any] | None = None,
@@ -178,9 +195,7 @@ def _tune_local(optuna: Any, cfg: RunConfig, data: Mapping[str, Any], *, n_trial
         study_name = f"{cfg.backbone}-{Path(data['root']).name}-{cfg.image_size}px-{fingerprint}"
     storage = storage or study_storage(cfg.work_path, study_name)
     if isinstance(storage, str):  # parallel trials wait for SQLite's lock rather than fail; heartbeats find the dead
-        storage = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                             engine_kwargs={"connect_args": {"timeout": 60}}
-                                             if storage.startswith("sqlite") else {})
+        storage = _rdb_storage(optuna, storage)
     from helpers.runtime.train import JobPaths, fit  # PyTorch: only when trials run in this process
 
     cache_dir = cfg.work_path / "cache" / "features"
@@ -191,17 +206,20 @@ def _tune_local(optuna: Any, cfg: RunConfig, data: Mapping[str, Any], *, n_trial
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=5),
                                 pruner=pruner)
+    # A resumed study must not replay the points it already tried: the same seed would (its first trials
+    # are random samples), so the seed moves on with the trials the study holds.
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials), n_startup_trials=5)
     running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
     optuna.storages.fail_stale_trials(study)
     if n := len(running - {t.number for t in study.get_trials(deepcopy=False,
                                                                states=(optuna.trial.TrialState.RUNNING,))}):
         log.warning("%d trial(s) of an interrupted run were marked failed", n)
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    remaining = max(0, n_trials - len(finished))
-    if finished:
-        log.info("study %s: %d trial(s) already done, %d to go", study_name, len(finished), remaining)
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a failed trial does not count
+    done = len(study.get_trials(deepcopy=False, states=counted))
+    remaining = max(0, n_trials - done)
+    if done:
+        log.info("study %s: %d trial(s) already done, %d to go", study_name, done, remaining)
 
     def objective(trial: Any) -> float:
         hp = suggest(trial, space)
@@ -227,8 +245,11 @@ def _tune_local(optuna: Any, cfg: RunConfig, data: Mapping[str, Any], *, n_trial
         from helpers.runtime.progress import bar
 
         with bar(total=remaining, desc="trials", unit="trial") as pbar:
-            study.optimize(objective, n_trials=remaining, n_jobs=n_jobs, timeout=timeout_s,
-                           callbacks=[lambda s, t: pbar.update(1)], catch=())
+            # other processes may work on the same study (Optuna's distributed optimisation; their live
+            # trials keep heartbeating, so nobody fails them): stop when the study as a whole is done
+            study.optimize(objective, n_trials=remaining, n_jobs=n_jobs, timeout=timeout_s, catch=(),
+                           callbacks=[lambda s, t: pbar.update(1),
+                                      optuna.study.MaxTrialsCallback(n_trials, states=counted)])
     wall = time.perf_counter() - start
     return _result_from_study(study, static, wall, new_trials=remaining, space=space)
 

@@ -56,10 +56,12 @@ def test_local_study_tunes_on_validation_only_and_resumes(setup, monkeypatch):
     storage.record_heartbeat(dead._trial_id)
     time.sleep(2.5)  # SQLite keeps heartbeats to the second
     again = hpo.tune_local(cfg, data, n_trials=5, space=small)
-    assert list(again.trials.state).count("FAIL") == 1 and len(again.trials) == 5
-    assert len(seen_test) == 4  # 3 + one more trial: 3 done + 1 failed count towards the 5
+    assert list(again.trials.state).count("FAIL") == 1 and len(again.trials) == 6
+    assert len(seen_test) == 5  # 3 + 2 more: the failed trial does not count towards the 5
+    points = [tuple(row) for row in again.trials[again.trials.state != "FAIL"][list(small)].itertuples(index=False)]
+    assert len(set(points)) == len(points)  # the resumed search did not replay the first trials' points
     rec = again.manifest_record()
-    assert rec["objective"]["metric"] == "valid:accuracy" and rec["trials"] == 5
+    assert rec["objective"]["metric"] == "valid:accuracy" and rec["trials"] == 6
 
 
 def test_a_space_with_other_dimensions_is_honoured_everywhere(setup):
@@ -71,6 +73,31 @@ def test_a_space_with_other_dimensions_is_honoured_everywhere(setup):
     assert set(r.best_hyperparameters) == {"lr", "dropout"}
     assert {"lr", "dropout"} <= set(r.trials) and not {"batch_size", "epochs"} & set(r.trials)
     assert "dropout=" in hpo.insights(r)[0]
+
+
+def test_two_runs_on_one_study_cooperate(setup):
+    """Two processes (here threads) tuning one study: neither fails the other's trials, and together they run
+    the requested number."""
+    import threading
+
+    cfg, data = setup
+    small = {"lr": hpo.LogUniform(1e-3, 1e-1), "batch_size": hpo.Choice((8, 16)), "epochs": hpo.IntRange(1, 2)}
+    errors = []
+
+    def tune():
+        try:
+            hpo.tune_local(cfg, data, n_trials=4, space=small, study_name="shared")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    runs = [threading.Thread(target=tune) for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert errors == []
+    states = list(hpo.tune_local(cfg, data, n_trials=4, space=small, study_name="shared").trials.state)
+    assert "FAIL" not in states and 4 <= len(states) <= 5  # at most one trial over: both may start the last
 
 
 def test_cached_features_are_shared_by_trials(setup):
