@@ -112,7 +112,10 @@ def test_tuning_job_request(aws):
     assert job["CheckpointConfig"]["S3Uri"] == "s3://sagebook-test/run/checkpoints"
     assert {c["ChannelName"] for c in job["InputDataConfig"]} >= {"train", "valid"}
     assert "test" not in {c["ChannelName"] for c in job["InputDataConfig"]}  # never the test split
-    tuner.stop_tuning_job()
+    try:  # its trials find no data here, so the job may have failed already
+        tuner.stop_tuning_job()
+    except Exception as e:  # noqa: BLE001
+        assert "cannot be stopped" in str(e)
 
 
 def test_inputs_need_the_s3_upload():

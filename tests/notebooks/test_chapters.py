@@ -268,6 +268,30 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     assert background.running(tmp_path / "work") is None
 
 
+@pytest.mark.slow
+def test_a_run_that_crashed_after_chapter_4_leaves_nothing_after_the_next(tmp_path):
+    """The next run starts from chapter 01, whose record drops the endpoint stage: the ledger still knows the
+    endpoint, and the next cleanup removes it and stops the old local SageMaker."""
+    import psutil
+
+    from helpers.emulator import background
+
+    common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
+              "synthetic_images": 10}
+    execute("01_data", tmp_path, **common)
+    execute("03_debug_profile", tmp_path, **common,
+            hyperparameters={"lr": 0.01, "batch_size": 8, "epochs": 1, "image_size": 32})
+    execute("04_deploy", tmp_path, **common, n_requests=2)
+    name = Manifest.load(tmp_path / "work").require("endpoint")["name"]
+    server = background.running(tmp_path / "work")  # the run "crashes" here: no cleanup ran
+    execute("01_data", tmp_path, **common)  # a new run
+    assert Manifest.load(tmp_path / "work").get("endpoint") is None  # the stage went with the new data record
+    removed = book.teardown(common)
+    assert f"endpoint {name}" in removed and "the local SageMaker" in removed
+    assert background.running(tmp_path / "work") is None
+    assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == "zombie"
+
+
 def assert_nothing_of_the_run_is_left(boto_session, cfg):
     """What a reader would list in the console after a cleanup: nothing of this run's."""
     sm, s3 = boto_session.client("sagemaker"), boto_session.client("s3")
