@@ -131,6 +131,8 @@ def _npy_images(body: bytes) -> list[Any]:
     if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3) or arr.dtype != np.uint8:
         raise InferenceError(400, f"Expected uint8 pixels shaped (N, H, W, 3), (N, H, W) or (H, W, 3); got "
                                   f"{arr.dtype} {arr.shape}.")
+    if arr.size == 0:
+        raise InferenceError(400, f"The array {arr.shape} holds no pixels: send at least one non-empty image.")
     if len(arr) > MAX_BATCH or arr[0].size > 3 * MAX_PIXELS:
         raise InferenceError(413, f"At most {MAX_BATCH} images of {MAX_PIXELS:,} pixels per request.")
     return [Image.fromarray(a).convert("RGB") for a in arr]
@@ -141,6 +143,8 @@ def _json_request(body: bytes) -> dict[str, Any]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InferenceError(400, "The body is not valid JSON.") from None
+    except RecursionError:  # a few KB of nested brackets: the client's mistake (or an attack), not a 500
+        raise InferenceError(400, "The JSON body is nested too deeply.") from None
     instances = doc.get("instances") if isinstance(doc, dict) else None
     if not isinstance(instances, list) or not instances:
         raise InferenceError(400, 'Expected {"instances": [{"b64": "<base64 image>"}, ...]}.')

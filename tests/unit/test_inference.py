@@ -72,6 +72,19 @@ def test_bad_requests_are_refused_with_a_status():
     assert status_of(buf.getvalue(), "application/x-npy")[0] == 400  # pickles are never loaded
 
 
+@pytest.mark.parametrize("shape", [(0, 32, 32, 3), (1, 0, 0, 3), (0, 0, 3)])
+def test_empty_arrays_are_the_clients_mistake(shape):
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(shape, dtype=np.uint8))
+    status, message = status_of(buf.getvalue(), "application/x-npy")
+    assert status == 400 and "no pixels" in message
+
+
+def test_deeply_nested_json_is_the_clients_mistake():
+    status, message = status_of(b"[" * 100_000 + b"]" * 100_000, "application/json")
+    assert status == 400 and "nested too deeply" in message
+
+
 def test_decompression_bomb_is_refused():
     bomb = io.BytesIO()
     Image.new("1", (8000, 6000)).save(bomb, "PNG")  # a few KB that would decode to 48 million pixels
