@@ -51,3 +51,4 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # moto intercepts calls that go to AWS, not elsewhere

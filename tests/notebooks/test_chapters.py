@@ -20,8 +20,15 @@ CHAPTERS = book.chapters(ROOT / "notebooks")
 def _stop_the_local_sagemaker(tmp_path, monkeypatch):
     """Each test's run works in its own folder (never the checkout's .work, whose run the cleanup would end), and a
     chapter starts the run's local SageMaker in the background: end the one of each test's work folder."""
+    import os
+
     monkeypatch.setenv("SAGEBOOK_WORK_DIR", str(tmp_path / "work"))
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     yield
+    for k in [k for k in os.environ if k.startswith("AWS_")]:  # session.connect points this process at the
+        if k not in aws:                                          # test's local SageMaker: undo that
+            del os.environ[k]
+    os.environ.update(aws)
     from helpers.emulator import background
 
     background.stop(tmp_path / "work")
