@@ -27,7 +27,7 @@ from PIL import Image
 from helpers.config import RunConfig
 from helpers.download import download, safe_extract_zip
 from helpers.runtime.fileio import atomic_write_json
-from helpers.runtime.layout import IMG_EXTENSIONS, SPLITS, display_name, find_split_dir
+from helpers.runtime.layout import HIGH_BIT_MODES, IMG_EXTENSIONS, SPLITS, display_name, find_split_dir
 from helpers.runtime.progress import bar
 
 log = logging.getLogger(__name__)
@@ -524,8 +524,6 @@ def insights(report: DatasetReport, image_size: int | None = None) -> list[str]:
         modes = ", ".join(f"{m} ({n:,})" for m, n in sorted(report.modes.items(), key=lambda kv: -kv[1]))
         note = "" if set(report.modes) == {"RGB"} else "; preprocessing converts every image to RGB"
         out.append(f"Image modes: {modes}{note}.")
-        from helpers.runtime.presets import HIGH_BIT_MODES
-
         high = {m: n for m, n in report.modes.items() if m in HIGH_BIT_MODES}
         if high:
             out.append(f"{sum(high.values()):,} image(s) have more than 8 bits per sample "

@@ -8,6 +8,10 @@ from pathlib import Path
 #: Extensions torchvision's ImageFolder loads.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
+#: Pillow modes with more than 8 bits per sample: ``convert("RGB")`` clips them (a 16-bit PNG turns white);
+#: :func:`helpers.runtime.presets.to_rgb` scales them.
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
 #: Canonical split names and the folder names accepted for each.
 SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("train", "training"),

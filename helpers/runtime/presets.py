@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torchvision import transforms as T
 
+from helpers.runtime.layout import HIGH_BIT_MODES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,8 +39,6 @@ class Preprocessing:
         return {**d, "mean": list(d["mean"]), "std": list(d["std"])}
 
 
-#: Pillow modes with more than 8 bits per sample: ``convert("RGB")`` clips them (a 16-bit PNG turns white).
-HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def to_rgb(img):

@@ -141,7 +141,7 @@ def test_tuning_from_a_notebook_does_not_import_pytorch():
     import subprocess
     import sys
 
-    code = ("import sys; import helpers.hpo, helpers.sagemaker_jobs, helpers.session, helpers.plots; "
+    code = ("import sys; import helpers.hpo, helpers.sagemaker_jobs, helpers.session, helpers.plots, helpers.data; "
             "from helpers.runtime.settings import TrainConfig; TrainConfig(); "
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
