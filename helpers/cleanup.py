@@ -49,7 +49,8 @@ class Report:
     instance_hours: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def __str__(self) -> str:
-        lines = [f"removed {len(self.removed)}: " + (", ".join(self.removed) if self.removed else "nothing to do")]
+        shown = ", ".join(self.removed[:8]) + (f", and {len(self.removed) - 8} more" if len(self.removed) > 8 else "")
+        lines = [f"removed {len(self.removed)}: " + (shown if self.removed else "nothing to do")]
         lines.append("left: " + (", ".join(self.left) if self.left else "nothing"))
         lines += [f"error: {e}" for e in self.errors]
         if self.instance_hours:
@@ -68,28 +69,45 @@ def _gone(e: Exception) -> bool:
                                              or "could not find" in message)
 
 
-def _s3_delete_folder(s3: Any, uri: str, recursive: bool) -> int:
-    """Delete the objects in an S3 folder (directly in it, or also below it); how many."""
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    n = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix, **({} if recursive else {"Delimiter": "/"})):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-            n += len(keys)
-    return n
+class _Objects:
+    """The objects under each top-level prefix of a bucket (``bucket/run/``), listed once and kept up to date as
+    they are deleted: a cleanup of a hundred folders makes a few calls, not two hundred."""
 
+    def __init__(self, s3: Any) -> None:
+        self.s3 = s3
+        self._keys: dict[tuple[str, str], set[str]] = {}
 
-def _s3_exists(s3: Any, uri: str, recursive: bool) -> bool:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    try:
-        page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1, **({} if recursive else {"Delimiter": "/"}))
-    except Exception as e:  # noqa: BLE001
-        if _gone(e):
-            return False
-        raise
-    return bool(page.get("Contents"))
+    def _listing(self, bucket: str, key_prefix: str) -> set[str]:
+        top = key_prefix.split("/", 1)[0] + "/" if "/" in key_prefix else ""
+        if (bucket, top) not in self._keys:
+            keys: set[str] = set()
+            try:
+                for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=top):
+                    keys.update(o["Key"] for o in page.get("Contents", []))
+            except Exception as e:  # noqa: BLE001
+                if not _gone(e):
+                    raise
+            self._keys[(bucket, top)] = keys
+        return self._keys[(bucket, top)]
+
+    def under(self, uri: str, recursive: bool) -> list[str]:
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        return sorted(k for k in self._listing(bucket, prefix)
+                      if k.startswith(prefix) and (recursive or "/" not in k[len(prefix):]))
+
+    def delete(self, uri: str, recursive: bool) -> int:
+        """Delete the objects in an S3 folder (directly in it, or also below it); how many."""
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        keys = self.under(uri, recursive)
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                           "Quiet": True})
+        self._listing(bucket, prefix).difference_update(keys)
+        return len(keys)
+
+    def forget(self) -> None:
+        """List again on the next question (to check what is really left)."""
+        self._keys.clear()
 
 
 def _job_folders(d: dict[str, Any]) -> list[str]:
@@ -111,6 +129,7 @@ class _Cleaner:
         self.sm, self.aas = boto_session.client("sagemaker"), boto_session.client("application-autoscaling")
         self.lam, self.iam = boto_session.client("lambda"), boto_session.client("iam")
         self.s3, self.logs = boto_session.client("s3"), boto_session.client("logs")
+        self.objects = _Objects(self.s3)
 
     # -- delete ----------------------------------------------------------------------------------
     def delete(self, r: Resource) -> list[str]:
@@ -205,7 +224,7 @@ class _Cleaner:
         rc = d.get("ResourceConfig") or {}
         self.hours[f"{rc.get('InstanceType', '?')} training"] += billable * rc.get("InstanceCount", 1) / 3600
         for folder in _job_folders(d):
-            if _s3_delete_folder(self.s3, folder, recursive=True):
+            if self.objects.delete(folder, recursive=True):
                 done.append(folder)
         streams = self.logs.get_paginator("describe_log_streams")
         try:
@@ -219,7 +238,7 @@ class _Cleaner:
         return done or [f"training job {r.name} (nothing left of it)"]
 
     def _delete_s3_folder(self, r: Resource) -> list[str]:
-        n = _s3_delete_folder(self.s3, r.name, recursive=False)
+        n = self.objects.delete(r.name, recursive=False)
         return [f"{r.name} ({n} objects)"] if n else []
 
     # -- look up ---------------------------------------------------------------------------------
@@ -242,7 +261,7 @@ class _Cleaner:
             "model": lambda: self.sm.describe_model(ModelName=r.name)["ModelName"],
             "tuning job": lambda: self._tuning_left(r),
             "training job": lambda: self._job_left(r),
-            "s3 folder": lambda: "objects" if _s3_exists(self.s3, r.name, recursive=False) else None,
+            "s3 folder": lambda: "objects" if self.objects.under(r.name, recursive=False) else None,
         }
         try:
             what = checks[r.kind]()
@@ -256,7 +275,7 @@ class _Cleaner:
         d = self.sm.describe_training_job(TrainingJobName=r.name)
         if d["TrainingJobStatus"] == "InProgress":
             return "running"
-        return next((f"objects in {f}" for f in _job_folders(d) if _s3_exists(self.s3, f, recursive=True)), None)
+        return next((f"objects in {f}" for f in _job_folders(d) if self.objects.under(f, recursive=True)), None)
 
     def _tuning_left(self, r: Resource) -> str | None:
         d = self.sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=r.name)
@@ -309,6 +328,7 @@ def clean(cfg: RunConfig, *, keep_endpoint: bool = False, stop_local: bool = Tru
                     report.errors.append(f"{r.kind} {r.name}: {e}")
                     continue
             ledger.mark_removed(r)
+        cleaner.objects.forget()  # what is left is listed afresh
         for r in resources:
             try:
                 left = cleaner.still_there(r)
