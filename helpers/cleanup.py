@@ -76,6 +76,7 @@ class _Objects:
     def __init__(self, s3: Any) -> None:
         self.s3 = s3
         self._keys: dict[tuple[str, str], set[str]] = {}
+        self._doomed: dict[str, set[str]] = {}
 
     def _listing(self, bucket: str, key_prefix: str) -> set[str]:
         top = key_prefix.split("/", 1)[0] + "/" if "/" in key_prefix else ""
@@ -96,14 +97,21 @@ class _Objects:
                       if k.startswith(prefix) and (recursive or "/" not in k[len(prefix):]))
 
     def delete(self, uri: str, recursive: bool) -> int:
-        """Delete the objects in an S3 folder (directly in it, or also below it); how many."""
+        """Mark the objects in an S3 folder (directly in it, or also below it) for deletion; how many.
+        :meth:`flush` deletes what is marked, a thousand keys a call."""
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         keys = self.under(uri, recursive)
-        for i in range(0, len(keys), 1000):
-            self.s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
-                                                           "Quiet": True})
+        self._doomed.setdefault(bucket, set()).update(keys)
         self._listing(bucket, prefix).difference_update(keys)
         return len(keys)
+
+    def flush(self) -> None:
+        for bucket, keys in self._doomed.items():
+            ordered = sorted(keys)
+            for i in range(0, len(ordered), 1000):
+                self.s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in ordered[i:i + 1000]],
+                                                               "Quiet": True})
+        self._doomed.clear()
 
     def forget(self) -> None:
         """List again on the next question (to check what is really left)."""
@@ -130,6 +138,8 @@ class _Cleaner:
         self.lam, self.iam = boto_session.client("lambda"), boto_session.client("iam")
         self.s3, self.logs = boto_session.client("s3"), boto_session.client("logs")
         self.objects = _Objects(self.s3)
+        self.jobs: dict[str, dict[str, Any]] = {}  # DescribeTrainingJob answers of ended jobs, for the check
+        self._streams: list[str] | None = None
 
     # -- delete ----------------------------------------------------------------------------------
     def delete(self, r: Resource) -> list[str]:
@@ -220,22 +230,30 @@ class _Cleaner:
         if d["TrainingJobStatus"] == "InProgress":
             self.sm.stop_training_job(TrainingJobName=r.name)
             done.append(f"training job {r.name} (stopped)")
+        else:
+            self.jobs[r.name] = d
         billable = d.get("BillableTimeInSeconds") or 0
         rc = d.get("ResourceConfig") or {}
         self.hours[f"{rc.get('InstanceType', '?')} training"] += billable * rc.get("InstanceCount", 1) / 3600
         for folder in _job_folders(d):
             if self.objects.delete(folder, recursive=True):
                 done.append(folder)
-        streams = self.logs.get_paginator("describe_log_streams")
-        try:
-            for page in streams.paginate(logGroupName=TRAINING_LOG_GROUP, logStreamNamePrefix=f"{r.name}/"):
-                for stream in page["logStreams"]:
-                    self.logs.delete_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream["logStreamName"])
-                    done.append(f"log stream {stream['logStreamName']}")
-        except Exception as e:  # noqa: BLE001
-            if not _gone(e):
-                raise
+        for stream in [s for s in self._log_streams() if s.startswith(f"{r.name}/")]:
+            self.logs.delete_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream)
+            done.append(f"log stream {stream}")
         return done or [f"training job {r.name} (nothing left of it)"]
+
+    def _log_streams(self) -> list[str]:
+        """The training log group's streams, listed once (a job's are named ``JOB/algo-1-...``)."""
+        if self._streams is None:
+            self._streams = []
+            try:
+                for page in self.logs.get_paginator("describe_log_streams").paginate(logGroupName=TRAINING_LOG_GROUP):
+                    self._streams += [st["logStreamName"] for st in page["logStreams"]]
+            except Exception as e:  # noqa: BLE001
+                if not _gone(e):
+                    raise
+        return self._streams
 
     def _delete_s3_folder(self, r: Resource) -> list[str]:
         n = self.objects.delete(r.name, recursive=False)
@@ -272,7 +290,7 @@ class _Cleaner:
         return f"{r.kind} {r.name} ({what})" if what else None
 
     def _job_left(self, r: Resource) -> str | None:
-        d = self.sm.describe_training_job(TrainingJobName=r.name)
+        d = self.jobs.get(r.name) or self.sm.describe_training_job(TrainingJobName=r.name)  # ended: still ended
         if d["TrainingJobStatus"] == "InProgress":
             return "running"
         return next((f"objects in {f}" for f in _job_folders(d) if self.objects.under(f, recursive=True)), None)
@@ -320,6 +338,7 @@ def clean(cfg: RunConfig, *, keep_endpoint: bool = False, stop_local: bool = Tru
             continue
         cleaner = _Cleaner(sess, report, bill=backend == "sagemaker")
         resources.sort(key=lambda r: ORDER.index(r.kind) if r.kind in ORDER else len(ORDER))
+        gone = []
         for r in resources:
             try:
                 report.removed += cleaner.delete(r)
@@ -327,6 +346,13 @@ def clean(cfg: RunConfig, *, keep_endpoint: bool = False, stop_local: bool = Tru
                 if not _gone(e):
                     report.errors.append(f"{r.kind} {r.name}: {e}")
                     continue
+            gone.append(r)
+        try:
+            cleaner.objects.flush()  # the S3 deletions, batched
+        except Exception as e:  # noqa: BLE001 - those stay in the ledger for the next cleanup
+            report.errors.append(f"S3 deletions: {e}")
+            gone = [r for r in gone if r.kind not in ("s3 folder", "training job", "tuning job")]
+        for r in gone:
             ledger.mark_removed(r)
         cleaner.objects.forget()  # what is left is listed afresh
         for r in resources:
