@@ -132,7 +132,7 @@ class _Cleaner:
     """The delete and look-up calls for each kind, on one backend and region's session."""
 
     def __init__(self, boto_session: Any, report: Report, bill: bool) -> None:
-        self.s, self.report, self.bill = boto_session, report, bill
+        self.report = report
         self.hours: dict[str, float] = report.instance_hours if bill else defaultdict(float)
         self.sm, self.aas = boto_session.client("sagemaker"), boto_session.client("application-autoscaling")
         self.lam, self.iam = boto_session.client("lambda"), boto_session.client("iam")

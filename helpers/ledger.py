@@ -117,10 +117,9 @@ class Ledger:
 
 def watch(boto_session: Any, work_dir: str | Path, backend: str) -> Ledger:
     """Record in the run's ledger every resource that a client of ``boto_session`` creates from now on."""
-    ledger = Ledger(work_dir)
     if getattr(boto_session, "_sagebook_ledger", None) is not None:
         return boto_session._sagebook_ledger
-    events = boto_session.events
+    ledger, region, events = Ledger(work_dir), boto_session.region_name or "", boto_session.events
 
     def remember(params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         if (model.service_model.service_name, model.name) in CREATES:
@@ -132,7 +131,7 @@ def watch(boto_session: Any, work_dir: str | Path, backend: str) -> Ledger:
             return
         kind, name, details = CREATES[(model.service_model.service_name, model.name)]
         try:
-            resource = Resource(kind, name(params), boto_session.region_name or "", backend,
+            resource = Resource(kind, name(params), region, backend,
                                 details=tuple(sorted((details(params) if details else {}).items())))
             ledger.add(resource)
         except Exception:  # noqa: BLE001 - recording must never break the call it watches
