@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 VARIANT = "AllTraffic"
+RAY_SERVE, PYTORCH = "ray-serve", "pytorch"
+#: The serving containers a model artifact of this book deploys on (it holds the layout of both).
+SERVING_CONTAINERS = (RAY_SERVE, PYTORCH)
 
 
 def endpoint_name(cfg: RunConfig, suffix: str = "") -> str:
@@ -24,16 +27,26 @@ def endpoint_name(cfg: RunConfig, suffix: str = "") -> str:
     return (base[: 62 - len(suffix)] + suffix).strip("-")
 
 
-def serving_image(region: str, instance_type: str) -> str:
-    """The PyTorch inference container's image URI (TorchServe plus the ``inference.py`` handlers)."""
+def serving_image(region: str, instance_type: str, container: str = RAY_SERVE) -> str:
+    """The serving container's image URI: AWS's Ray Serve container (``config.yaml`` + ``deployment.py``), or the
+    PyTorch 2.6 inference container (TorchServe plus ``code/inference.py``)."""
     from sagemaker.core import image_uris
 
-    return image_uris.retrieve("pytorch", region=region, version=SAGEMAKER_FRAMEWORK_VERSION,
-                               py_version=SAGEMAKER_PY_VERSION, instance_type=instance_type, image_scope="inference")
+    if container == RAY_SERVE:
+        return image_uris.retrieve("ray-serve", region=region, version="1", instance_type=instance_type,
+                                   image_scope="inference")
+    if container == PYTORCH:
+        return image_uris.retrieve("pytorch", region=region, version=SAGEMAKER_FRAMEWORK_VERSION,
+                                   py_version=SAGEMAKER_PY_VERSION, instance_type=instance_type,
+                                   image_scope="inference")
+    raise ValueError(f"serving container must be one of {', '.join(SERVING_CONTAINERS)}, got {container!r}")
 
 
-def container_environment(workers: int = 1) -> dict[str, str]:
-    """The serving container's settings: the handlers in the artifact's ``code/``, and its worker count."""
+def container_environment(container: str = RAY_SERVE, workers: int = 1) -> dict[str, str]:
+    """The serving container's settings. Ray Serve reads everything from the artifact's ``config.yaml``; the
+    PyTorch container needs the handlers' place in the artifact (``code/``) and its worker count."""
+    if container == RAY_SERVE:
+        return {}
     return {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)}
 

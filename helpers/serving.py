@@ -12,6 +12,7 @@ take the server down.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -56,7 +57,7 @@ def check_model_dir(model_dir: str | os.PathLike[str]) -> Path:
 def _error(status: int, message: str, error_type: str | None = None, runtime: bool = False):
     from fastapi.responses import JSONResponse
 
-    body: dict[str, Any] = {"message": message}
+    body: dict[str, Any] = {"message": message}  # what inference.error_response answers on every container
     headers = {}
     if runtime:  # the sagemaker-runtime API's error shape, which botocore turns into a ClientError code
         error_type = error_type or "ModelError"
@@ -71,11 +72,17 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
     """The FastAPI app: loads the model once with ``model_fn`` and answers with the handlers."""
     from fastapi import FastAPI
     from fastapi.responses import Response
+    from starlette.concurrency import run_in_threadpool
 
     from helpers.runtime import inference
 
     model_dir = check_model_dir(model_dir)
     bundle = inference.model_fn(str(model_dir))
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # cores / workers (main sets it); also in a forked warm interpreter
+        import torch
+
+        torch.set_num_threads(int(threads))
     app = FastAPI(title="sagebook local endpoint", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def read_body(request: Request) -> bytes | None:
@@ -93,9 +100,15 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
                 break
         return b"".join(chunks) if size <= MAX_PAYLOAD else None
 
+    model_lock = asyncio.Lock()  # one model call at a time per worker process; the others queue
+
     def handle(body: bytes, content_type: str, accept: str) -> str:
-        data = inference.input_fn(body, content_type)
-        return inference.output_fn(inference.predict_fn(data, bundle), accept)
+        data = None
+        try:
+            data = inference.input_fn(body, content_type)
+            return inference.output_fn(inference.predict_fn(data, bundle), accept)
+        finally:
+            inference.release_memory(data)
 
     async def invoke(request: Request, runtime: bool) -> Any:
         body = await read_body(request)
@@ -105,14 +118,13 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
         content_type = request.headers.get("content-type", "")
         accept = request.headers.get("accept", "application/json")
         try:
-            # in the event loop itself: one model call at a time per worker process (others queue), and no
-            # thread hop on the latency path; scale with --workers
-            out = handle(body, content_type, accept)
-        except inference.InferenceError as e:
-            return _error(e.status_code, e.message, runtime=runtime)
+            async with model_lock:  # in a thread: /ping answers while the model runs (health checks need it)
+                out = await run_in_threadpool(handle, body, content_type, accept)
         except Exception as e:  # noqa: BLE001 - a failing request must not take the server down
-            log.exception("inference failed")
-            return _error(500, f"Inference failed: {type(e).__name__}: {e}", runtime=runtime)
+            if not isinstance(e, inference.InferenceError):
+                log.exception("inference failed")
+            status, text = inference.error_response(e)
+            return _error(status, json.loads(text)["message"], runtime=runtime)
         headers = {"x-Amzn-Invoked-Production-Variant": "AllTraffic"} if runtime else {}
         return Response(out, media_type="application/json", headers=headers)
 
@@ -167,25 +179,123 @@ def invoke(client: Any, endpoint_name: str, data: bytes, content_type: str) -> d
     return json.loads(resp["Body"].read())
 
 
-class LocalEndpoint:
-    """``python -m helpers.serving`` as a managed background process, called through boto3."""
+class ModelServer:
+    """A model server as a managed background process: started, health-checked on ``/ping``, called through
+    boto3, and stopped with every process it started."""
+
+    def __init__(self, model_dir: Path, endpoint_name: str, port: int | None, host: str,
+                 log_file: str | os.PathLike[str] | None) -> None:
+        self.model_dir = model_dir
+        self.endpoint_name = endpoint_name
+        self.host, self.port = host, port or free_port()
+        self.log_file = Path(log_file) if log_file else None
+        self.proc: Any = None
+        self._client: Any = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> "ModelServer":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.delete_endpoint()
+
+    def start(self, timeout_s: float = 120) -> "ModelServer":
+        raise NotImplementedError
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.delete_endpoint()
+                raise EndpointError(f"The model server exited with code {code} while starting"
+                                    + (f": {self.failure()}" if self.failure() else ""))
+            try:
+                with urllib.request.urlopen(f"{self.endpoint_url}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.delete_endpoint()
+        raise EndpointError(f"The model server did not answer /ping within {timeout_s:.0f} s")
+
+    def failure(self) -> str:
+        """The last error line of the server's log (what made it fail), if any."""
+        if self.log_file is None or not self.log_file.is_file():
+            return ""
+        lines = [ln for ln in self.log_file.read_text(errors="replace").splitlines() if " ERROR " in ln]
+        return lines[-1].split(": ", 1)[-1][:800] if lines else f"see {self.log_file}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = runtime_client(self.endpoint_url)
+        return self._client
+
+    def predict(self, data: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
+        return invoke(self.client, self.endpoint_name, data, content_type)
+
+    def processes(self) -> list[Any]:
+        """The server's process and every process it started (psutil handles)."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process tree."""
+        import psutil
+
+        total = 0
+        for p in self.processes():
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def delete_endpoint(self, grace_s: float = 15) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``grace_s``) and any process of its tree left behind."""
+        import psutil
+
+        tree = self.processes()[1:]
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for p in tree:  # only the processes this server started, by PID
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=5)
+        self.proc = None
+
+
+class LocalEndpoint(ModelServer):
+    """What the PyTorch inference container runs for ``inference.py``: ``python -m helpers.serving``."""
 
     def __init__(self, model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook", port: int | None = None,
                  workers: int = 1, host: str = "127.0.0.1", log_file: str | os.PathLike[str] | None = None,
                  spawn: Callable[[list[str], Path, Any], Any] | None = None) -> None:
         """``spawn(argv, cwd, log)`` starts the server (``argv`` without the interpreter) and returns a
         ``Popen``-like process; by default a new interpreter in its own session."""
-        self.model_dir = check_model_dir(model_dir)
+        super().__init__(check_model_dir(model_dir), endpoint_name, port, host, log_file)
         self.spawn = spawn
-        self.endpoint_name = endpoint_name
-        self.host, self.port, self.workers = host, port or free_port(), workers
-        self.log_file = Path(log_file) if log_file else None
-        self.proc: subprocess.Popen | None = None
-        self._client: Any = None
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        self.workers = workers
 
     def start(self, timeout_s: float = 120) -> "LocalEndpoint":
         args = ["-m", "helpers.serving", "--model-dir", str(self.model_dir), "--port", str(self.port),
@@ -203,47 +313,54 @@ class LocalEndpoint:
         self.wait_healthy(timeout_s)
         return self
 
-    def wait_healthy(self, timeout_s: float) -> None:
-        import urllib.request
+RAY_CONTAINER = Path(__file__).resolve().parent / "emulator" / "ray_container.py"
+RAY_START_TIMEOUT_S = 300.0
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise EndpointError(f"The local endpoint exited with code {self.proc.returncode} while starting"
-                                    + (f"; see {self.log_file}" if self.log_file else ""))
-            try:
-                with urllib.request.urlopen(f"{self.endpoint_url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.delete_endpoint()
-        raise EndpointError(f"The local endpoint did not answer /ping within {timeout_s:.0f} s")
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = runtime_client(self.endpoint_url)
-        return self._client
+class RayServeEndpoint(ModelServer):
+    """What AWS's Ray Serve container runs for an extracted artifact (:mod:`helpers.emulator.ray_container`):
+    Ray Serve from the artifact's ``config.yaml`` behind a ``/ping`` and ``/invocations`` adapter."""
 
-    def predict(self, data: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
-        return invoke(self.client, self.endpoint_name, data, content_type)
+    def __init__(self, model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook", port: int | None = None,
+                 log_file: str | os.PathLike[str] | None = None, environment: dict[str, str] | None = None,
+                 num_cpus: int | None = None) -> None:
+        path = Path(model_dir).resolve()
+        self.environment = dict(environment or {})
+        if not (path / "config.yaml").is_file() and not self.environment.get("SM_RAYSERVE_APP"):
+            raise EndpointError(f"No Ray Serve application in {path}: the artifact needs config.yaml at its root "
+                                "(or the model's environment SM_RAYSERVE_APP=module:app), as AWS's Ray Serve "
+                                "container requires.")
+        super().__init__(path, endpoint_name, port, "127.0.0.1", log_file)
+        self.num_cpus = num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                     else os.cpu_count() or 1)
+        self.temp_dir: str | None = None
 
-    def delete_endpoint(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def start(self, timeout_s: float = RAY_START_TIMEOUT_S) -> "RayServeEndpoint":
+        import shutil
+        import tempfile
 
-    def __enter__(self) -> "LocalEndpoint":
-        return self.start() if self.proc is None else self
+        app = self.model_dir.parent / "app" / "sagemaker_serve.py"  # the container's adapter lives outside the model
+        app.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(RAY_CONTAINER, app)
+        self.temp_dir = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")  # short: Ray puts sockets there
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")}
+        env.update(self.environment, PYTHONPATH=f"{self.model_dir}:{self.model_dir / 'code'}",
+                   RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", str(app), "--model-dir", ".", "--port", str(self.port),
+             "--ray-port", str(free_port()), "--temp-dir", self.temp_dir, "--num-cpus", str(self.num_cpus)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.model_dir, env=env)
+        self.wait_healthy(timeout_s)
+        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.delete_endpoint()
+    def delete_endpoint(self, grace_s: float = 30) -> None:
+        import shutil
+
+        super().delete_endpoint(grace_s)
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,18 @@
 """Endpoints on the local SageMaker: a model server per endpoint, and ``InvokeEndpoint`` with the runtime's semantics.
 
 - ``CreateEndpoint`` answers at once with the endpoint ``Creating``; the model artifact
-  (``ModelDataUrl``: a ``model.tar.gz`` in the local S3, or a ``file://`` path) is extracted and a model
-  server started (:class:`helpers.serving.LocalEndpoint`, what the PyTorch inference container runs).
+  (``ModelDataUrl``: a ``model.tar.gz`` in the local S3, or a ``file://`` path) is extracted and the
+  model server of the model's image started, in any region:
+
+  - AWS's Ray Serve container (repository ``ray``, a ``serve-ml-sagemaker`` tag): real Ray Serve from the
+    artifact's ``config.yaml`` behind the container's ``/ping`` and ``/invocations`` adapter
+    (:class:`helpers.serving.RayServeEndpoint`); the model's environment reaches it;
+  - the PyTorch inference container (repository ``pytorch-inference``): ``code/inference.py`` served as
+    TorchServe would (:class:`helpers.serving.LocalEndpoint`); ``SAGEMAKER_MODEL_SERVER_WORKERS`` in the
+    model's environment sets its worker processes;
+  - any other image fails the endpoint, with the reason.
+
   The endpoint is ``InService`` once the server answers ``/ping``, or ``Failed`` with the reason.
-  ``SAGEMAKER_MODEL_SERVER_WORKERS`` in the model's environment sets its worker processes.
 - ``InvokeEndpoint`` (``POST /endpoints/NAME/invocations``, signed for ``sagemaker``) reaches the server as
   the runtime does: a handler's 4xx/5xx becomes HTTP 424 ``ModelError`` with ``OriginalStatusCode`` and
   ``OriginalMessage``; an unknown or not-in-service endpoint is a ``ValidationError``; a body over
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote
 
+from helpers.deploy import PYTORCH, RAY_SERVE
 from helpers.emulator import storage
 from helpers.emulator.server import ACCOUNT_ID, AwsError, Request, Route, validation_error
 from helpers.emulator.training import now
@@ -131,7 +140,7 @@ class Endpoints:
         return lambda argv, cwd, out: zygote.spawn(argv, cwd, env, output=out)
 
     def _start(self, hosted: _Hosted, config_name: str) -> None:
-        from helpers.serving import EndpointError, LocalEndpoint
+        from helpers.serving import EndpointError, LocalEndpoint, RayServeEndpoint
 
         backend = self.backend(hosted.region)
         folder = self.root / hosted.name
@@ -143,6 +152,7 @@ class Endpoints:
             if model is None:
                 raise EndpointError(f"Could not find model {variants[0]['ModelName']!r}.")
             container = model.primary_container or (model.containers or [{}])[0]
+            kind = container_kind(container.get("Image") or "")
             data_url = container.get("ModelDataUrl")
             if not data_url:
                 raise EndpointError("the model has no ModelDataUrl (a model.tar.gz)")
@@ -152,9 +162,12 @@ class Endpoints:
             model_dir.mkdir(parents=True)
             _fetch_model(data_url, folder)
             env = container.get("Environment") or {}
-            workers = int(env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
-            server = LocalEndpoint(model_dir, hosted.name, workers=workers, log_file=folder / "server.log",
-                                   spawn=self._spawn())
+            if kind == RAY_SERVE:
+                server = RayServeEndpoint(model_dir, hosted.name, log_file=folder / "server.log", environment=env)
+            else:
+                workers = int(env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
+                server = LocalEndpoint(model_dir, hosted.name, workers=workers, log_file=folder / "server.log",
+                                       spawn=self._spawn())
             hosted.server = server
             server.start(timeout_s=START_TIMEOUT_S)
             hosted.endpoint.endpoint_status = "InService"
@@ -214,6 +227,19 @@ class Endpoints:
         if resp.getheader("X-Amzn-SageMaker-Custom-Attributes"):
             out["X-Amzn-SageMaker-Custom-Attributes"] = resp.getheader("X-Amzn-SageMaker-Custom-Attributes")
         return 200, out, data
+
+
+def container_kind(image: str) -> str:
+    """Which serving container an image URI names: :data:`RAY_SERVE` or :data:`PYTORCH`, in any region."""
+    from helpers.serving import EndpointError
+
+    name, _, tag = image.rpartition("/")[2].partition(":")
+    if name == "ray" and tag.startswith("serve-ml-sagemaker"):
+        return RAY_SERVE
+    if name == "pytorch-inference":
+        return PYTORCH
+    raise EndpointError(f"the local SageMaker serves AWS's Ray Serve image (ray:serve-ml-sagemaker-*) and the "
+                        f"PyTorch inference image (pytorch-inference:*), not {image or 'an empty image'!r}")
 
 
 def _fetch_model(url: str, folder: Path) -> None:

@@ -9,7 +9,15 @@ Layout of a bundle (a training ``source_dir``, or ``code/`` in ``model.tar.gz``)
     helpers/runtime/...   this folder, whole
 
 The training job writes the same bundle into its model artifact (``code/``), so the model is served
-by the code it was trained with.
+by the code it was trained with, on either container::
+
+    model.tar.gz
+    ├── model.pth, model_config.json   the weights and how to rebuild the network
+    ├── config.yaml, deployment.py     Ray Serve container: `serve run config.yaml` imports deployment:app
+    └── code/                          PyTorch (TorchServe) container: code/inference.py; the Ray
+        ├── inference.py               container puts code/ on PYTHONPATH, so deployment.py imports
+        ├── requirements.txt           helpers.runtime from here too
+        └── helpers/runtime/...
 """
 
 from __future__ import annotations

@@ -41,6 +41,12 @@ TOP_K = 3
 MAX_TOP_K = 20
 MAX_BATCH = 64
 MAX_PIXELS = 40_000_000  # per image: larger ones are refused (decompression bombs)
+MAX_REQUEST_PIXELS = 60_000_000  # per request, all its images together, checked before each one is decoded
+MAX_REQUEST_DECODED_BYTES = 400_000_000  # the same for the memory decoding takes (16-bit images take more)
+TRIM_AFTER_BYTES = 32 * 1024 * 1024  # a request that decoded more gives the memory back afterwards
+#: Bytes per pixel while decoding, by PIL mode (the source image, then its RGB copy of 3 bytes a pixel).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "RGB": 3,
+               "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4}
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 NPY = "application/x-npy"
 JSON = "application/json"
@@ -78,7 +84,25 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def _open_image(raw: bytes) -> Any:
+class _Budget:
+    """What one request may decode, spent image by image before each is decoded."""
+
+    def __init__(self) -> None:
+        self.pixels = 0
+        self.bytes = 0
+
+    def spend(self, width: int, height: int, mode: str, index: int) -> None:
+        pixels = width * height
+        nbytes = pixels * (_MODE_BYTES.get(mode, 4) + 3)
+        if self.pixels + pixels > MAX_REQUEST_PIXELS or self.bytes + nbytes > MAX_REQUEST_DECODED_BYTES:
+            raise InferenceError(413, f"Image {index} would take the request past its decoding budget of "
+                                      f"{MAX_REQUEST_PIXELS:,} pixels ({MAX_REQUEST_DECODED_BYTES // 10**6} MB) "
+                                      "for all its images together; send fewer or smaller images per request.")
+        self.pixels += pixels
+        self.bytes += nbytes
+
+
+def _open_image(raw: bytes, budget: _Budget | None = None, index: int = 0) -> Any:
     """A decoded RGB image, or InferenceError (never a PIL traceback)."""
     from PIL import Image
 
@@ -87,10 +111,11 @@ def _open_image(raw: bytes) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as im:
+            with Image.open(io.BytesIO(raw)) as im:  # reads the header only: size and mode, nothing decoded
                 if im.size[0] * im.size[1] > MAX_PIXELS:
                     raise InferenceError(413, f"The image is {im.size[0]}x{im.size[1]} pixels; the limit is "
                                               f"{MAX_PIXELS:,} pixels.")
+                (budget or _Budget()).spend(im.size[0], im.size[1], im.mode, index)
                 rgb = to_rgb(im)  # 16-bit images scaled, not clipped: the one preprocessing path
                 return rgb.copy() if rgb is im else rgb  # outlives the file, which the block closes
     except InferenceError:
@@ -106,16 +131,20 @@ def input_fn(body: bytes | str, content_type: str) -> dict[str, Any]:
     media = _media_type(content_type)
     if isinstance(body, str):
         body = body.encode("utf-8")
+    budget = _Budget()
     if media in IMAGE_TYPES:
-        return {"images": [_open_image(bytes(body))], "top_k": TOP_K}
-    if media == NPY:
-        return {"images": _npy_images(bytes(body)), "top_k": TOP_K}
-    if media == JSON:
-        return _json_request(bytes(body))
-    raise InferenceError(415, f"Unsupported content type {content_type!r}; send one of {', '.join(CONTENT_TYPES)}.")
+        data = {"images": [_open_image(bytes(body), budget)], "top_k": TOP_K}
+    elif media == NPY:
+        data = {"images": _npy_images(bytes(body), budget), "top_k": TOP_K}
+    elif media == JSON:
+        data = _json_request(bytes(body), budget)
+    else:
+        raise InferenceError(415, f"Unsupported content type {content_type!r}; send one of {', '.join(CONTENT_TYPES)}.")
+    data["decoded_bytes"] = budget.bytes
+    return data
 
 
-def _npy_images(body: bytes) -> list[Any]:
+def _npy_images(body: bytes, budget: _Budget) -> list[Any]:
     from PIL import Image
 
     if not body:
@@ -135,10 +164,14 @@ def _npy_images(body: bytes) -> list[Any]:
         raise InferenceError(400, f"The array {arr.shape} holds no pixels: send at least one non-empty image.")
     if len(arr) > MAX_BATCH or arr[0].size > 3 * MAX_PIXELS:
         raise InferenceError(413, f"At most {MAX_BATCH} images of {MAX_PIXELS:,} pixels per request.")
-    return [Image.fromarray(a).convert("RGB") for a in arr]
+    images = []
+    for i, a in enumerate(arr):
+        budget.spend(a.shape[1], a.shape[0], "L" if a.ndim == 2 else "RGB", i)
+        images.append(Image.fromarray(a).convert("RGB"))
+    return images
 
 
-def _json_request(body: bytes) -> dict[str, Any]:
+def _json_request(body: bytes, budget: _Budget) -> dict[str, Any]:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -161,7 +194,7 @@ def _json_request(body: bytes) -> dict[str, Any]:
             raw = base64.b64decode(inst["b64"], validate=True)
         except (binascii.Error, ValueError):
             raise InferenceError(400, f"instances[{i}].b64 is not valid base64.") from None
-        images.append(_open_image(raw))
+        images.append(_open_image(raw, budget, i))
     top_k = doc.get("top_k", TOP_K)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
         raise InferenceError(400, f"top_k must be an integer from 1 to {MAX_TOP_K}.")
@@ -171,16 +204,49 @@ def _json_request(body: bytes) -> dict[str, Any]:
 @torch.no_grad()
 def predict_fn(data: dict[str, Any], bundle: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """Top-k classes with probabilities for each image."""
-    batch = torch.stack([bundle["transform"](im) for im in data["images"]]).to(bundle["device"])
+    return predict_many([data], bundle)[0]
+
+
+@torch.no_grad()
+def predict_many(requests: list[dict[str, Any]], bundle: dict[str, Any]) -> list[list[list[dict[str, Any]]]]:
+    """:func:`predict_fn` for several decoded requests in one forward pass (what a batching server calls)."""
+    images = [im for data in requests for im in data["images"]]
+    batch = torch.stack([bundle["transform"](im) for im in images]).to(bundle["device"])
     probs = torch.softmax(bundle["model"](batch).float(), dim=1).cpu()
     folders = bundle["config"].class_names or [str(i) for i in range(probs.shape[1])]
-    k = min(data.get("top_k", TOP_K), probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [[{"index": int(i), "class": folders[i], "label": display_name(folders[i]), "probability": float(p)}
-             for p, i in zip(ps.tolist(), idx.tolist())] for ps, idx in zip(top.values, top.indices)]
+    out, start = [], 0
+    for data in requests:
+        part = probs[start:start + len(data["images"])]
+        start += len(data["images"])
+        top = part.topk(min(data.get("top_k", TOP_K), probs.shape[1]), dim=1)
+        out.append([[{"index": int(i), "class": folders[i], "label": display_name(folders[i]), "probability": float(p)}
+                     for p, i in zip(ps.tolist(), idx.tolist())] for ps, idx in zip(top.values, top.indices)])
+    return out
 
 
 def output_fn(prediction: list[list[dict[str, Any]]], accept: str = JSON) -> str:
     if _media_type(accept) not in ("", "*/*", JSON):
         raise InferenceError(406, f"Unsupported Accept {accept!r}; the endpoint answers application/json.")
     return json.dumps({"predictions": [{"top_k": p} for p in prediction]})
+
+
+def error_response(exc: BaseException) -> tuple[int, str]:
+    """The status and JSON body a server answers a failed request with; the same on every container."""
+    if isinstance(exc, InferenceError):
+        status, message = exc.status_code, exc.message
+    else:
+        status, message = 500, f"Inference failed: {type(exc).__name__}: {exc}"
+    return status, json.dumps({"message": message})
+
+
+def release_memory(data: dict[str, Any] | None) -> None:
+    """Give the memory of a large request back to the system (glibc keeps freed blocks otherwise)."""
+    if data is None or data.get("decoded_bytes", 0) < TRIM_AFTER_BYTES:
+        return
+    data.clear()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

@@ -77,8 +77,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TrainingError(f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**d)
+        return strict_from_dict(cls, d, TrainingError, "hyperparameter")
+
+
+def strict_from_dict(cls: type, d: Mapping[str, Any], error: type[Exception], what: str) -> Any:
+    """``cls(**d)`` for a settings dataclass, with an ``error`` naming unknown keys instead of a TypeError."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise error(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**d)

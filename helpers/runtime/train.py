@@ -886,10 +886,13 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: "_Run", stat
 
 
 def write_code_slot(model_dir: Path) -> None:
-    """``code/`` of SageMaker's PyTorch model.tar.gz: the runtime this job ran, with the inference handlers."""
+    """What serves the model, on either container: ``code/`` (the runtime this job ran, with ``inference.py``
+    for the PyTorch container) and ``config.yaml`` + ``deployment.py`` (for the Ray Serve container)."""
     from helpers.runtime.bundle import INFERENCE_REQUIREMENTS, write_bundle
+    from helpers.runtime.serve_settings import write_ray_layout
 
     write_bundle(model_dir / "code", INFERENCE_REQUIREMENTS)
+    write_ray_layout(model_dir)
 
 
 # --------------------------------------------------------------------------------------------------

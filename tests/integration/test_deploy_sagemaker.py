@@ -24,14 +24,16 @@ def aws(local_sagemaker, monkeypatch, tmp_path):
     return cfg, boto_session, session.execution_role(cfg, boto_session)
 
 
-def deploy_like_chapter_4(boto_session, role, model_data, name):
+def deploy_like_chapter_4(boto_session, role, model_data, name, container=deploy.PYTORCH):
+    """Chapter 4's calls (on the PyTorch container here: the faster start; Ray Serve has its own tests)."""
     from sagemaker.core.resources import Endpoint, EndpointConfig, Model
     from sagemaker.core.shapes import ContainerDefinition, ProductionVariant
 
     Model.create(model_name=name, execution_role_arn=role, session=boto_session,
-                 primary_container=ContainerDefinition(image=deploy.serving_image("us-east-1", "ml.m5.large"),
+                 primary_container=ContainerDefinition(image=deploy.serving_image("us-east-1", "ml.m5.large",
+                                                                                 container),
                                                        model_data_url=model_data,
-                                                       environment=deploy.container_environment(1)))
+                                                       environment=deploy.container_environment(container, 1)))
     EndpointConfig.create(endpoint_config_name=name, session=boto_session, production_variants=[
         ProductionVariant(variant_name=deploy.VARIANT, model_name=name, initial_instance_count=1,
                           instance_type="ml.m5.large")])
@@ -79,7 +81,9 @@ def test_the_artifact_holds_the_handlers(aws, model_data, tmp_path):
     _, boto_session, _ = aws
     boto_session.client("s3").download_file("sagebook-test", "run/model/model.tar.gz", str(tmp_path / "m.tar.gz"))
     with tarfile.open(tmp_path / "m.tar.gz") as t:
-        assert {"model.pth", "model_config.json", "code/inference.py"} <= set(t.getnames())
+        names = set(t.getnames())
+    assert {"model.pth", "model_config.json", "code/inference.py"} <= names  # the PyTorch container's layout
+    assert {"config.yaml", "deployment.py", "code/helpers/runtime/deployment.py"} <= names  # Ray Serve's
 
 
 def test_endpoint_names_are_valid():
@@ -102,6 +106,9 @@ def test_every_teardown_removes_scaling_before_the_endpoint(aws, model_data, rec
 
 
 def test_container_settings():
-    assert json.loads(json.dumps(deploy.container_environment(3))) == {
+    assert json.loads(json.dumps(deploy.container_environment(deploy.PYTORCH, 3))) == {
         "SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
         "SAGEMAKER_MODEL_SERVER_WORKERS": "3"}
+    assert deploy.container_environment(deploy.RAY_SERVE) == {}  # Ray Serve reads the artifact's config.yaml
+    with pytest.raises(ValueError, match="ray-serve, pytorch"):
+        deploy.serving_image("us-east-1", "ml.m5.large", "torchserve")

@@ -104,7 +104,8 @@ def test_fit_writes_the_sagemaker_artifact_and_metrics(paths):
     p = paths()
     r = train.fit(TrainConfig(**FAST), p, emit=quiet(lines))
     assert [h["epoch"] for h in r.history] == [1, 2, 3]
-    assert sorted(x.name for x in p.model_dir.iterdir()) == ["code", "model.pth", "model_config.json"]
+    assert sorted(x.name for x in p.model_dir.iterdir()) == ["code", "config.yaml", "deployment.py", "model.pth",
+                                                           "model_config.json"]
     assert (p.model_dir / "code" / "inference.py").is_file() and (p.model_dir / "code" / "requirements.txt").is_file()
     cfg = json.loads((p.model_dir / "model_config.json").read_text())
     assert cfg["class_names"] == ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]

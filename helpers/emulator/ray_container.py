@@ -1,0 +1,161 @@
+"""What AWS's Ray Serve container runs, on this machine: Ray Serve from the artifact's ``config.yaml``, and the adapter.
+
+The container's entrypoint (``sagemaker_entrypoint.sh`` in aws/deep-learning-containers) puts
+``/opt/ml/model`` and ``/opt/ml/model/code`` on ``PYTHONPATH``, starts a Ray head without the
+dashboard, starts Serve's HTTP proxy on port 8000, runs ``serve run /opt/ml/model/config.yaml`` and
+then an adapter on 8080 (``sagemaker_serve.py``): ``GET /ping`` asks Ray Serve's ``/-/healthz``, and
+``POST /invocations`` is sent to the application's route ``/`` with ``Content-Type``, ``Accept`` and
+every ``X-Amzn-SageMaker-*`` header; the answer's status, body, content type and
+``X-Amzn-SageMaker-*`` headers come back unchanged.
+
+Here the same happens in one process that owns its Ray instance: bound to 127.0.0.1, a fixed number of
+CPUs, no dashboard, no usage reporting, its own temporary folder, and a small object store. SIGTERM
+(``DeleteEndpoint``) shuts Serve and Ray down. It is run as a script file (``python -I``, the model
+folder as working directory), so the replicas import only the artifact's code, as in the container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request, Response  # at module level: FastAPI resolves the handlers' annotations from here
+
+log = logging.getLogger("ray_container")
+
+APP_START_TIMEOUT_S = 240.0
+OBJECT_STORE_BYTES = 100 * 1024 * 1024  # requests pass through HTTP, not the object store
+BACKEND_TIMEOUT_S = 300.0  # the adapter's RAYSERVE_BACKEND_TIMEOUT default
+
+
+def start_ray(model_dir: Path, ray_port: int, num_cpus: int, temp_dir: str) -> Any:
+    """Ray, then Serve's proxy on ``ray_port``, then the application from ``config.yaml``; returns Serve's status."""
+    import ray
+    import yaml
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((model_dir / "config.yaml").read_text()))
+    started = time.monotonic()
+    ray.init(num_cpus=num_cpus, num_gpus=0, include_dashboard=False, namespace="serve", _temp_dir=temp_dir,
+             _node_ip_address="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES, configure_logging=False,
+             log_to_driver=True)
+    log.info("Ray started in %.1f s", time.monotonic() - started)
+    serve.start(http_options={"host": "127.0.0.1", "port": ray_port})
+    log.info("Serve's proxy started after %.1f s", time.monotonic() - started)
+    _get_global_client().deploy_apps(config, _blocking=False)  # what `serve run config.yaml` does
+    deadline = time.monotonic() + APP_START_TIMEOUT_S
+    names = [app.name for app in config.applications]
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in names}
+        failed = [n for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
+        if failed:
+            raise RuntimeError(f"Ray Serve application {failed[0]!r} failed to deploy: {apps[failed[0]].message}")
+        if all(s == "RUNNING" for s in states.values()):
+            return serve.status()
+        time.sleep(0.25)
+    raise RuntimeError(f"Ray Serve applications {names} were not running after {APP_START_TIMEOUT_S:.0f} s")
+
+
+def create_adapter(ray_url: str) -> Any:
+    """The container's adapter: ``/ping`` and ``/invocations`` on the SageMaker port, in front of Ray Serve."""
+    from contextlib import asynccontextmanager
+
+    import httpx
+    from fastapi import FastAPI
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=BACKEND_TIMEOUT_S, limits=limits) as client:
+            app.state.client = client
+            yield
+
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def sagemaker_headers(headers: Any) -> dict[str, str]:
+        return {k: v for k, v in headers.items() if k.lower().startswith("x-amzn-sagemaker-")}
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        body = await request.body()
+        accept = request.headers.get("Accept", "application/json")
+        headers = {**sagemaker_headers(request.headers),
+                   "Content-Type": request.headers.get("Content-Type", "application/json"), "Accept": accept}
+        try:
+            resp = await request.app.state.client.post(f"{ray_url}/", content=body, headers=headers)
+        except httpx.TimeoutException:
+            return Response(json.dumps({"error": "Request timeout"}), status_code=504, media_type="application/json")
+        except httpx.ConnectError:
+            return Response(json.dumps({"error": "Service unavailable"}), status_code=503,
+                            media_type="application/json")
+        return Response(resp.content, status_code=resp.status_code,
+                        media_type=resp.headers.get("Content-Type", accept), headers=sagemaker_headers(resp.headers))
+
+    @app.get("/ping")
+    async def ping(request: Request) -> Response:
+        try:
+            resp = await request.app.state.client.get(f"{ray_url}/-/healthz", timeout=5.0)
+        except httpx.HTTPError:
+            return Response(status_code=503)
+        return Response(status_code=200 if resp.status_code == 200 else 503)
+
+    return app
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", required=True, type=Path)
+    p.add_argument("--port", type=int, required=True, help="the SageMaker port (8080 in the container)")
+    p.add_argument("--ray-port", type=int, required=True, help="Ray Serve's HTTP proxy (8000 in the container)")
+    p.add_argument("--num-cpus", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--temp-dir", required=True, help="Ray's session folder (a short path: it holds sockets)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt  # out of start-up; uvicorn installs its own handler once it serves
+
+    signal.signal(signal.SIGTERM, stop)
+    started = time.monotonic()
+    try:
+        status = start_ray(args.model_dir.resolve(), args.ray_port, args.num_cpus, args.temp_dir)
+        log.info("Ray Serve is running after %.1f s: %s", time.monotonic() - started,
+                 {n: a.status for n, a in status.applications.items()})
+        config = uvicorn.Config(create_adapter(f"http://127.0.0.1:{args.ray_port}"), host="127.0.0.1",
+                                port=args.port, log_level="warning", access_log=False)
+        asyncio.run(uvicorn.Server(config).serve())
+        return 0
+    except KeyboardInterrupt:
+        return 0 if stopping else 130
+    except Exception as e:  # noqa: BLE001 - the reason goes to the log the endpoint's failure names
+        log.error("%s", e)
+        return 1
+    finally:  # the instance ends with this process, as the container does: no graceful Serve shutdown (30 s)
+        import ray
+
+        ray.shutdown()
+        log.info("Ray shut down")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""How the Ray Serve container serves a model: batching and replica settings, and the ``config.yaml`` they make.
+
+AWS's Ray Serve container (the Deep Learning Container ``ray:serve-ml-sagemaker-*``) runs
+``serve run /opt/ml/model/config.yaml`` on the model artifact's own ``config.yaml``; that file is
+written here, from :class:`ServeSettings`, without importing Ray (a training job writes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from helpers.runtime.settings import strict_from_dict
+
+APP_NAME = "sagebook"
+DEPLOYMENT_NAME = "Classifier"
+CONFIG_FILE = "config.yaml"
+DEPLOYMENT_FILE = "deployment.py"
+
+#: ``deployment.py`` at the artifact's root, where the container's ``import_path: deployment:app`` finds
+#: it (``/opt/ml/model`` and ``/opt/ml/model/code`` are on its ``PYTHONPATH``).
+DEPLOYMENT_SCRIPT = '''"""Ray Serve application for SageMaker's Ray Serve container: code/'s inference handlers, batched."""
+from pathlib import Path
+
+from helpers.runtime.deployment import build
+
+app = build(Path(__file__).resolve().parent)
+'''
+
+
+class ServeSettingsError(ValueError):
+    """Settings Ray Serve would refuse, found before anything is deployed."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Dynamic batching inside a replica, and replica autoscaling inside one instance."""
+
+    max_batch_size: int = 16  # requests one forward pass takes together (@serve.batch)
+    batch_wait_timeout_s: float = 0.005  # how long the first request of a batch waits for others
+    min_replicas: int = 1
+    max_replicas: int = 2  # one per core on the book's 2-core machine
+    target_ongoing_requests: float = 8  # per replica: more queued than this adds a replica
+    max_ongoing_requests: int = 32  # per replica: beyond it the proxy queues the request
+    upscale_delay_s: float = 2.0
+    downscale_delay_s: float = 10.0
+    num_cpus: float = 1  # per replica (sets its PyTorch threads)
+    num_gpus: float = 0  # per replica: 1 on a GPU instance
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (isinstance(self.max_batch_size, int) and 1 <= self.max_batch_size <= 64):
+            problems.append(f"max_batch_size must be an integer from 1 to 64, got {self.max_batch_size!r}")
+        if not 0 <= self.batch_wait_timeout_s <= 10:
+            problems.append(f"batch_wait_timeout_s must be from 0 to 10 s, got {self.batch_wait_timeout_s!r}")
+        if not (isinstance(self.min_replicas, int) and isinstance(self.max_replicas, int)
+                and 0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1):
+            problems.append(f"replicas must satisfy 0 <= min_replicas <= max_replicas >= 1, got "
+                            f"{self.min_replicas!r}..{self.max_replicas!r}")
+        if self.target_ongoing_requests <= 0 or self.max_ongoing_requests < 1:
+            problems.append("target_ongoing_requests must be > 0 and max_ongoing_requests >= 1")
+        if self.num_cpus <= 0 or self.num_gpus < 0:
+            problems.append("num_cpus must be > 0 and num_gpus >= 0")
+        if problems:
+            raise ServeSettingsError("Invalid serving settings:\n  - " + "\n  - ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ServeSettings":
+        return strict_from_dict(cls, d, ServeSettingsError, "serving setting")
+
+    def user_config(self) -> dict[str, Any]:
+        """What a running replica takes without a restart (Ray Serve's ``user_config``)."""
+        return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
+
+
+def application(settings: ServeSettings = ServeSettings()) -> dict[str, Any]:
+    """The Ray Serve config document: one application, one deployment with batching and autoscaling."""
+    actor: dict[str, Any] = {"num_cpus": settings.num_cpus}
+    if settings.num_gpus:
+        actor["num_gpus"] = settings.num_gpus
+    return {"applications": [{
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": "deployment:app",
+        "deployments": [{
+            "name": DEPLOYMENT_NAME,
+            "max_ongoing_requests": settings.max_ongoing_requests,
+            "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
+                                   "target_ongoing_requests": settings.target_ongoing_requests,
+                                   "upscale_delay_s": settings.upscale_delay_s,
+                                   "downscale_delay_s": settings.downscale_delay_s},
+            "ray_actor_options": actor,
+            "user_config": settings.user_config(),
+        }],
+    }]}
+
+
+def to_yaml(doc: Any, indent: int = 0) -> str:
+    """Block-style YAML for the nested dicts, lists and scalars of :func:`application` (no PyYAML needed)."""
+    pad = " " * indent
+    lines = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if isinstance(value, (dict, list)) and value:
+                lines.append(f"{pad}{key}:\n{to_yaml(value, indent + 2)}")
+            else:
+                lines.append(f"{pad}{key}: {_scalar(value)}")
+    else:
+        for item in doc:
+            block = to_yaml(item, indent + 2)
+            lines.append(f"{pad}- {block.lstrip()}" if isinstance(item, dict) else f"{pad}- {_scalar(item)}")
+    return "\n".join(lines)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if value in ({}, []):
+        return repr(value)
+    return f'"{value}"' if any(c in str(value) for c in ":#{}[],&*!|>'\"%@`") else str(value)
+
+
+def write_ray_layout(model_dir: str | Path, settings: ServeSettings = ServeSettings()) -> list[Path]:
+    """``config.yaml`` and ``deployment.py`` at the root of a model folder: the Ray Serve container's layout."""
+    model_dir = Path(model_dir)
+    config = model_dir / CONFIG_FILE
+    config.write_text("# Ray Serve application config: AWS's Ray Serve container runs `serve run` on this file.\n"
+                      + to_yaml(application(settings)) + "\n")
+    script = model_dir / DEPLOYMENT_FILE
+    script.write_text(DEPLOYMENT_SCRIPT)
+    return [config, script]
+
+
+def read_settings(model_dir: str | Path) -> ServeSettings:
+    """The settings a model folder's ``config.yaml`` holds (the first deployment's)."""
+    import yaml
+
+    doc = yaml.safe_load((Path(model_dir) / CONFIG_FILE).read_text())
+    dep = doc["applications"][0]["deployments"][0]
+    scale = dep.get("autoscaling_config") or {}
+    actor = dep.get("ray_actor_options") or {}
+    user = dep.get("user_config") or {}
+    return ServeSettings(**{k: v for k, v in {**user, **scale, **actor,
+                                               "max_ongoing_requests": dep.get("max_ongoing_requests")}.items()
+                            if k in {f.name for f in fields(ServeSettings)} and v is not None})
