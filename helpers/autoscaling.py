@@ -64,6 +64,64 @@ def load_test(call: Callable[[], bool], concurrency: Sequence[int] = (1, 4, 8), 
     return rows
 
 
+def step_load(call: Callable[[], str | None], steps: Sequence[tuple[int, float]],
+              max_requests_per_step: int = 2000) -> list[dict[str, Any]]:
+    """A load that steps up and down: ``(clients, seconds)`` per step, each client calling in a loop.
+
+    ``call()`` returns the response's ``CustomAttributes`` (``replica=ID;batch=N`` from the Ray Serve
+    deployment), or raises for a failed request. One record per request: its end time ``t`` (s from the
+    start), the step's clients, latency, whether it succeeded, and the replica and batch size that served it.
+    """
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+    for clients, seconds in steps:
+        deadline = time.perf_counter() + seconds
+        budget = [max_requests_per_step]
+
+        def client() -> None:
+            while time.perf_counter() < deadline:
+                with lock:
+                    if budget[0] <= 0:
+                        return
+                    budget[0] -= 1
+                t0 = time.perf_counter()
+                try:
+                    attrs, ok = call() or "", True
+                except Exception:  # noqa: BLE001 - a failed request is recorded, not raised
+                    attrs, ok = "", False
+                t1 = time.perf_counter()
+                fields = dict(kv.split("=", 1) for kv in attrs.split(";") if "=" in kv)
+                with lock:
+                    records.append({"t": t1 - start, "clients": clients, "latency_ms": 1e3 * (t1 - t0), "ok": ok,
+                                    "replica": fields.get("replica"), "batch": int(fields.get("batch", 0) or 0)})
+
+        with ThreadPoolExecutor(clients) as pool:
+            for _ in range(clients):
+                pool.submit(client)
+    return records
+
+
+def replica_timeline(records: list[dict[str, Any]], window_s: float = 2.0) -> Any:
+    """Per time window: clients, replicas that answered, throughput, p50 and p99 latency, mean batch (a DataFrame)."""
+    import pandas as pd
+
+    df = pd.DataFrame(records)
+    df["window"] = (df["t"] // window_s) * window_s
+    grouped = df.groupby("window")
+    out = pd.DataFrame({
+        "clients": grouped["clients"].max(),
+        "replicas": grouped["replica"].nunique(),
+        "req_per_s": grouped.size() / window_s,
+        "p50_ms": grouped["latency_ms"].median(),
+        "p99_ms": grouped["latency_ms"].quantile(0.99),
+        "mean_batch": grouped["batch"].mean(),
+        "errors": grouped["ok"].apply(lambda s: int((~s).sum())),
+    })
+    out.index.name = "t_s"
+    return out
+
+
 def capacity(rows: list[dict[str, Any]]) -> tuple[float, float]:
     """One instance's capacity (best throughput, requests/s) and its unloaded latency (p50 at the lowest load)."""
     ok = [r for r in rows if r["requests"] and r["errors"] == 0] or rows
@@ -167,3 +225,43 @@ def insights(results: list[SimResult], capacity_rps: float) -> list[str]:
         out.append(f"{SIMULATION}: {cheaper['policy']} costs fewer instance-minutes; {faster['policy']} keeps the "
                    "worst latency lower" + (" (the same policy wins both)." if cheaper is faster else "."))
     return out
+
+
+def replica_insights(timeline: Any) -> list[str]:
+    """Sentences on a :func:`replica_timeline`: when replicas were added and removed, and what they changed."""
+    if timeline is None or timeline.empty:
+        return []
+    lines = []
+    peak = timeline["clients"].max()
+    busy = timeline[timeline["clients"] == peak]
+    most = int(timeline["replicas"].max())
+    step_up, step_down = busy.index.min(), busy.index.max()
+    first_most = timeline.index[(timeline["replicas"] == most) & (timeline.index >= step_up)]
+    if most > 1 and len(first_most) and first_most[0] <= step_down:
+        lines.append(f"Ray Serve went from 1 to {most} replicas about {first_most[0] - step_up:.0f} s after the load "
+                     f"stepped up to {peak} clients (its upscale delay, then a new replica process that imports "
+                     "PyTorch and loads the model).")
+        one, more = busy[busy["replicas"] == 1], busy[busy["replicas"] == most]
+        if len(one) and len(more):
+            lines.append(f"At {peak} clients, {one['req_per_s'].mean():.0f} req/s with one replica (p99 "
+                         f"{one['p99_ms'].mean():.0f} ms) and {more['req_per_s'].mean():.0f} req/s with {most} "
+                         f"(p99 {more['p99_ms'].mean():.0f} ms): on this machine the cores are shared with the "
+                         "clients and the proxies, so a replica adds less than it would on its own cores.")
+        after = timeline[(timeline.index > step_down) & (timeline["replicas"] < most)]
+        if len(after):
+            lines.append(f"After the load stepped down, Ray Serve stopped a replica within "
+                         f"{after.index[0] - step_down:.0f} s (its downscale delay).")
+    elif most > 1 and len(first_most):
+        lines.append(f"The second replica first answered {first_most[0] - step_up:.0f} s after the load stepped up, "
+                     f"after the {peak}-client step had ended: starting a replica (a process that imports PyTorch and "
+                     "loads the model) on cores the load keeps busy took longer than the step lasted.")
+    else:
+        lines.append(f"The replicas stayed at {most} during this load: {peak} clients did not keep more requests in "
+                     "flight than the deployment's target per replica for long enough.")
+    quiet = timeline[timeline["clients"] == timeline["clients"].min()]
+    lines.append(f"Batching: {busy['mean_batch'].mean():.1f} requests per forward pass on average at {peak} clients, "
+                 f"{quiet['mean_batch'].mean():.1f} at {int(timeline['clients'].min())}.")
+    errors = int(timeline["errors"].sum())
+    lines.append(f"{errors} requests of the stepped load failed." if errors
+                 else "Every request of the stepped load was answered.")
+    return lines

@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from helpers.config import RunConfig
 
@@ -296,7 +297,7 @@ def run_all(quick: bool = False) -> dict[str, list[dict[str, Any]]]:
                                    {"trainable": 2, "frozen": 3} if quick else {"trainable": 2, "frozen": 5}),
         "hpo": bench_hpo(cfg, 3 if quick else 8),
         "serving": bench_serving(None, 12 if quick else 48, levels=(1, 4) if quick else (1, 4, 16),
-                                 worker_counts=(1,) if quick else (1, 2)),
+                                 sweep=((16, 0.005),) if quick else BATCH_SWEEP, abuse=40 if quick else 600),
         "overhead": bench_overhead(cfg, 2 if quick else 3, 1 if quick else 3),
         "hardware": bench_hardware(cfg.backbone, TRAIN_IMAGE_SIZE),
         "emulator": bench_emulator(None, 3 if quick else 7, 12 if quick else 48),
@@ -322,58 +323,123 @@ def _quick_model(work: Path) -> Path:
     return work / "model"
 
 
-def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int, ...] = (1, 4, 16),
-                  worker_counts: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
-    """In-process handler time (the floor) vs the local endpoint's latency by concurrency and workers."""
-    import statistics
+class _Poster:
+    """``POST /invocations`` over one keep-alive connection per thread: the container's own port, no SDK."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.local = threading.local()
+
+    def __call__(self, body: bytes, content_type: str) -> tuple[int, bytes]:
+        import http.client
+
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request("POST", "/invocations", body=body, headers={"Content-Type": content_type,
+                                                                     "Accept": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException):
+            self.local.conn = None
+            conn.close()
+            raise
+
+
+def _serving_load(post: _Poster, requests: list[tuple[bytes, str, int | None]], concurrency: int) -> dict[str, Any]:
+    """Send ``(body, content type, expected top-1 index or None for a bad request)`` from ``concurrency`` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import psutil
+    def one(req: tuple[bytes, str, int | None]) -> tuple[float, int, bool]:
+        body, ctype, expected = req
+        t0 = time.perf_counter()
+        try:
+            status, out = post(body, ctype)
+        except Exception:  # noqa: BLE001 - a dropped connection counts as a 5xx
+            return 1e3 * (time.perf_counter() - t0), 599, False
+        ms = 1e3 * (time.perf_counter() - t0)
+        if expected is None:
+            return ms, status, 400 <= status < 500
+        ok = status == 200 and json.loads(out)["predictions"][0]["top_k"][0]["index"] == expected
+        return ms, status, ok
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        done = list(pool.map(one, requests, timeout=600))
+    wall = time.perf_counter() - t0
+    good = [ms for (ms, status, _), req in zip(done, requests) if req[2] is not None]
+    return {"concurrency": concurrency, "requests": len(done), **_percentiles(good or [float("nan")]),
+            "req_per_s": len(done) / wall, "errors_5xx": sum(status >= 500 for _, status, _ in done),
+            "wrong": sum(not ok for _, _, ok in done)}
+
+
+#: Batching settings the full benchmark sweeps on the Ray Serve endpoint: (max batch size, wait in seconds).
+BATCH_SWEEP = ((1, 0.0), (4, 0.005), (16, 0.005), (16, 0.02))
+
+
+def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int, ...] = (1, 4, 16),
+                  sweep: tuple[tuple[int, float], ...] = BATCH_SWEEP, abuse: int = 600) -> list[dict[str, Any]]:
+    """The in-process handler (the floor) vs the two serving containers on this machine, side by side.
+
+    Each container gets the same requests on its own port (``POST /invocations``): latency and throughput
+    at each concurrency; then ``abuse`` requests at concurrency 16 of which a quarter are bad (wrong
+    answers, 5xx and the server's memory before and after). The Ray Serve container is also run with
+    each batching setting of ``sweep`` (throughput against p99 at concurrency 16).
+    """
+    import shutil
+    import statistics
 
     from helpers.runtime import inference
-    from helpers.serving import LocalEndpoint
+    from helpers.runtime.serve_settings import ServeSettings, write_ray_layout
+    from helpers.serving import LocalEndpoint, RayServeEndpoint
 
     with tempfile.TemporaryDirectory(prefix="sagebook-bench-") as tmp:
-        model_dir = model_dir or _quick_model(Path(tmp))
-        cfg = json.loads((Path(model_dir) / "model_config.json").read_text())
-        size = cfg["preprocessing"]["image_size"]
-        from PIL import Image
-        import io
-        import numpy as np
-
-        buf = io.BytesIO()
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
-        image = buf.getvalue()
+        model_dir = Path(model_dir or _quick_model(Path(tmp)))
+        size = json.loads((model_dir / "model_config.json").read_text())["preprocessing"]["image_size"]
+        images = [_jpeg(size, seed) for seed in range(8)]
         bundle = inference.model_fn(str(model_dir))
+        answer = [inference.predict_fn(inference.input_fn(im, "image/jpeg"), bundle)[0][0]["index"] for im in images]
         floor = []
-        for _ in range(max(10, requests // 2)):
+        for i in range(max(10, requests // 2)):
             t0 = time.perf_counter()
-            inference.output_fn(inference.predict_fn(inference.input_fn(image, "image/jpeg"), bundle))
+            inference.output_fn(inference.predict_fn(inference.input_fn(images[i % 8], "image/jpeg"), bundle))
             floor.append(1e3 * (time.perf_counter() - t0))
-        rows = [{"setup": "in-process handler (floor)", "workers": 0, "concurrency": 1, **_percentiles(floor),
-                 "req_per_s": 1e3 / statistics.median(floor), "p50_vs_floor": 1.0, "worker_rss_mb": 0.0}]
+        del bundle
         base = statistics.median(floor)
-        for workers in worker_counts:
-            with LocalEndpoint(model_dir, workers=workers) as ep:
-                ep.predict(image)  # warm up every worker
-                procs = [psutil.Process(ep.proc.pid), *psutil.Process(ep.proc.pid).children(recursive=True)]
-                for c in levels:
-                    n = max(requests, 4 * c)
+        rows = [{"setup": "in-process handler (floor)", "batching": "", "concurrency": 1, "requests": len(floor),
+                 **_percentiles(floor), "req_per_s": 1e3 / base, "p50_vs_floor": 1.0, "errors_5xx": 0, "wrong": 0}]
+        good = [(images[i % 8], "image/jpeg", answer[i % 8]) for i in range(max(requests, 64))]
+        bad = [(b"1,2", "text/csv", None), (b"not an image", "image/jpeg", None), (b"{", "application/json", None),
+               (_big_png(), "image/png", None)]
+        mix = [bad[i % 4] if i % 4 == 3 else good[i % len(good)] for i in range(abuse)]
 
-                    def one(_: int) -> float:
-                        t0 = time.perf_counter()
-                        ep.predict(image)
-                        return 1e3 * (time.perf_counter() - t0)
+        def measure(setup: str, batching: str, ep: Any, levels: tuple[int, ...], with_abuse: bool) -> None:
+            post = _Poster(ep.port)
+            post(images[0], "image/jpeg")  # warm up
+            for c in levels:
+                row = _serving_load(post, good[: max(requests, 4 * c)], c)
+                rows.append({"setup": setup, "batching": batching, **row, "p50_vs_floor": row["p50_ms"] / base,
+                             "rss_mb": ep.rss_bytes() / 1e6})
+            if with_abuse and abuse:
+                before = ep.rss_bytes()
+                row = _serving_load(post, mix, 16)
+                after = ep.rss_bytes()
+                rows.append({"setup": setup, "batching": batching, **row, "abuse": "a quarter bad",
+                             "p50_vs_floor": row["p50_ms"] / base, "rss_mb": after / 1e6,
+                             "rss_change_pct": 100 * (after - before) / before})
 
-                    t0 = time.perf_counter()
-                    with ThreadPoolExecutor(c) as pool:
-                        ms = list(pool.map(one, range(n), timeout=300))
-                    wall = time.perf_counter() - t0
-                    rss = max((p.memory_info().rss for p in procs if p.is_running()), default=0) / 1e6
-                    pct = _percentiles(ms)
-                    rows.append({"setup": "local endpoint", "workers": workers, "concurrency": c, **pct,
-                                 "req_per_s": n / wall, "p50_vs_floor": pct["p50_ms"] / base,
-                                 "worker_rss_mb": rss})
+        with LocalEndpoint(model_dir, workers=1) as ep:
+            measure("pytorch container (TorchServe-style)", "none", ep, levels, True)
+        for i, (max_batch, wait) in enumerate(sweep):
+            copy = shutil.copytree(model_dir, Path(tmp) / f"ray-{i}" / "model", ignore=shutil.ignore_patterns("code"))
+            shutil.copytree(model_dir / "code", copy / "code")
+            write_ray_layout(copy, ServeSettings(max_batch_size=max_batch, batch_wait_timeout_s=wait, min_replicas=1,
+                                                 max_replicas=1))
+            with RayServeEndpoint(copy, log_file=Path(tmp) / f"ray-{i}.log") as ep:
+                first = i == 0
+                measure("ray-serve container", f"{max_batch} / {1e3 * wait:g} ms", ep,
+                        levels if first else (16,), first)
     return rows
 
 
@@ -485,14 +551,25 @@ def bench_emulator(model_dir: Path | None, jobs: int = 5, requests: int = 48) ->
     return rows
 
 
-def _jpeg(size: int) -> bytes:
+def _jpeg(size: int, seed: int = 0) -> bytes:
     import io
 
     import numpy as np
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _big_png() -> bytes:
+    """A 7000x7000 black PNG (about 50 KB): more pixels than an endpoint decodes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (7000, 7000)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -527,11 +604,7 @@ def findings(results: dict[str, Any], judge: bool = True) -> list[str]:
             lines.append(f"Tuning, {r['trials']} trials, {name}: {r['speedup']:.1f}x faster, best objective "
                          f"{r['best_objective']:.3f} vs {slow['best_objective']:.3f}{late}"
                          f"{goal('5x at an equal or better objective', ok)}.")
-    ep = [r for r in results.get("serving") or [] if r["setup"] == "local endpoint" and r["concurrency"] == 1]
-    if ep:
-        best = min(ep, key=lambda r: r["p50_vs_floor"])
-        lines.append(f"Serving: the endpoint's p50 at concurrency 1 is {best['p50_vs_floor']:.2f}x the in-process floor "
-                     f"with {best['workers']} worker(s){goal('1.2x', best['p50_vs_floor'] <= 1.2)}.")
+    lines += _serving_findings(results.get("serving") or [], goal)
     over = {r["variant"]: r for r in results.get("overhead") or []}
     if "hook + profiler" in over:
         r = over["hook + profiler"]
@@ -558,6 +631,32 @@ def findings(results: dict[str, Any], judge: bool = True) -> list[str]:
     if chapters:
         total = chapters[-1]["seconds"]
         lines.append(f"The chapters of the last `make book` took {total:.0f} s in all{goal('under 600 s', total < 600)}.")
+    return lines
+
+
+def _serving_findings(rows: list[dict[str, Any]], goal: Callable[[str, bool], str]) -> list[str]:
+    """The serving targets: Ray Serve's p50 near the floor, batching's throughput, and the abuse mix."""
+    lines = []
+    plain = [r for r in rows if not r.get("abuse")]
+    ray = [r for r in plain if r["setup"] == "ray-serve container"]
+    torch = {r["concurrency"]: r for r in plain if r["setup"].startswith("pytorch")}
+    first = ray[0]["batching"] if ray else None
+    ray1 = next((r for r in ray if r["concurrency"] == 1 and r["batching"] == first), None)
+    if ray1:
+        lines.append(f"Serving: the Ray Serve endpoint's p50 at concurrency 1 is {ray1['p50_vs_floor']:.2f}x the "
+                     f"in-process handler's{goal('1.3x', ray1['p50_vs_floor'] <= 1.3)}.")
+    top = max(torch) if torch else None
+    best = max((r for r in ray if r["concurrency"] == top), key=lambda r: r["req_per_s"], default=None)
+    if best and top:
+        ratio = best["req_per_s"] / torch[top]["req_per_s"]
+        lines.append(f"At concurrency {top}, Ray Serve with batching ({best['batching']}) served "
+                     f"{best['req_per_s']:.0f} req/s against {torch[top]['req_per_s']:.0f} for the unbatched "
+                     f"TorchServe-style endpoint: {ratio:.1f}x{goal('2x', ratio >= 2)}.")
+    for r in (r for r in rows if r.get("abuse")):
+        ok = r["wrong"] == 0 and r["errors_5xx"] == 0 and abs(r["rss_change_pct"]) <= 10
+        lines.append(f"{r['setup']}, {r['requests']} requests at concurrency {r['concurrency']}, a quarter bad: "
+                     f"{r['wrong']} wrong answers, {r['errors_5xx']} 5xx, memory {r['rss_change_pct']:+.1f}% after "
+                     f"the load{goal('0, 0 and within 10%', ok)}.")
     return lines
 
 
@@ -612,7 +711,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     o.add_argument("--dataset", default="digits")
     o.add_argument("--backbone", default="resnet18")
     o.add_argument("--image-size", type=int, default=0)
-    sv = sub.add_parser("serving", help="handler floor vs local endpoint latency and throughput")
+    sv = sub.add_parser("serving", help="handler floor vs the Ray Serve and TorchServe-style endpoints")
     sv.add_argument("--model-dir", help="a trained model folder (default: a small model trained on the spot)")
     sv.add_argument("--requests", type=int, default=48)
     em = sub.add_parser("emulator", help="what the local SageMaker adds per training job and per invocation")

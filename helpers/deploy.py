@@ -7,6 +7,7 @@ what is here is what those calls need and the teardown, the same on both backend
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 from helpers.config import SAGEMAKER_FRAMEWORK_VERSION, SAGEMAKER_PY_VERSION, RunConfig
@@ -91,3 +92,27 @@ def teardown(boto_session: Any, name: str) -> list[str]:
 def teardown_recorded(record: Mapping[str, Any] | None, boto_session: Any) -> list[str]:
     """Remove the endpoint the manifest's ``endpoint`` stage records (see :func:`teardown`)."""
     return teardown(boto_session, record["name"]) if record else []
+
+
+#: Which container reads each part of a model artifact (paths relative to its root).
+_READERS = {"model.pth": "both: the weights", "model_config.json": "both: how to rebuild the network",
+            "config.yaml": "Ray Serve: `serve run config.yaml`", "deployment.py": "Ray Serve: deployment:app",
+            "code/inference.py": "PyTorch (TorchServe): the handlers",
+            "code/requirements.txt": "both: installed at start-up",
+            "code/helpers": "both: the handlers' code", "code/train.py": "neither: the training entry point"}
+
+
+def artifact_layout(model_dir: str | Path) -> Any:
+    """The files of a model artifact, and which serving container reads each (a DataFrame)."""
+    import pandas as pd
+
+    root = Path(model_dir)
+    rows: dict[str, dict[str, Any]] = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        rel = f.relative_to(root).as_posix()
+        key = "code/helpers" if rel.startswith("code/helpers/") else rel
+        row = rows.setdefault(key, {"path": key + ("/" if key == "code/helpers" else ""), "files": 0, "KiB": 0.0,
+                                    "read by": _READERS.get(key, "")})
+        row["files"] += 1
+        row["KiB"] += f.stat().st_size / 1024
+    return pd.DataFrame(list(rows.values())).set_index("path").round(1)

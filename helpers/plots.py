@@ -342,3 +342,32 @@ def simulation(results: list, title: str) -> Figure:
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle(f"SIMULATION (not a measurement): {title}")
     return fig
+
+
+def replica_scaling(timeline) -> Figure:
+    """A stepped load against a Ray Serve endpoint: clients and replicas, throughput, and latency over time."""
+    fig = Figure(figsize=(10, 6.4), layout="tight")
+    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
+    t = timeline.index
+    ax1.step(t, timeline["clients"], where="post", color="#7f7f7f", label="concurrent clients")
+    ax1.set_ylabel("clients")
+    ax1b = ax1.twinx()
+    ax1b.step(t, timeline["replicas"], where="post", color="#d62728", lw=2, label="replicas that answered")
+    ax1b.set_ylabel("replicas")
+    ax1b.set_ylim(0, max(2, int(timeline["replicas"].max())) + 0.5)
+    ax1b.yaxis.get_major_locator().set_params(integer=True)
+    ax1.set_title("Ray Serve replicas under a stepped load (measured, not simulated)")
+    handles = ax1.get_legend_handles_labels()[0] + ax1b.get_legend_handles_labels()[0]
+    ax1.legend(handles, [h.get_label() for h in handles], frameon=False, fontsize=8, loc="upper left")
+    ax2.plot(t, timeline["req_per_s"], marker=".", color="#1f77b4")
+    ax2.set_ylabel("requests / s")
+    ax2.set_ylim(0, None)
+    ax3.plot(t, timeline["p50_ms"], marker=".", label="p50")
+    ax3.plot(t, timeline["p99_ms"], marker=".", ls="--", label="p99")
+    ax3.set_ylabel("latency (ms)")
+    ax3.set_ylim(0, None)
+    ax3.set_xlabel("seconds since the load started")
+    ax3.legend(frameon=False, fontsize=8)
+    for ax in (ax1, ax2, ax3):
+        ax.spines[["top"]].set_visible(False)
+    return fig

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from dataclasses import asdict, dataclass, field
 import logging
 import os
 import socket
@@ -34,8 +35,52 @@ ENDPOINT_NAME_ENV = "SAGEBOOK_ENDPOINT_NAME"
 REQUIRED_FILES = ("model.pth", "model_config.json")
 
 
+LIMITS_ENV = "SAGEBOOK_SERVER_LIMITS"
+
+
 class EndpointError(RuntimeError):
     """The endpoint could not start or answered with an error."""
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    """What one worker process of the model server accepts from the network before the handlers see anything."""
+
+    max_header_bytes: int = field(default=64 * 1024, metadata={"help": "request line and headers; larger: 431"})
+    header_timeout_s: float = field(default=10.0, metadata={"help": "to send the headers once started"})
+    body_timeout_s: float = field(default=30.0, metadata={"help": "to send the whole body; slower: 408"})
+    idle_timeout_s: float = field(default=5.0, metadata={"help": "a connection that sends nothing is closed"})
+    max_concurrency: int = field(default=64, metadata={"help": "connections and requests; beyond: 503"})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> "TransportLimits":
+        raw = os.environ.get(LIMITS_ENV)
+        return cls(**json.loads(raw)) if raw else cls()
+
+
+class RateLimitedLog(logging.Filter):
+    """At most ``burst`` records per message kind every ``period_s``; then one line saying how many were dropped."""
+
+    def __init__(self, burst: int = 5, period_s: float = 10.0) -> None:
+        super().__init__()
+        self.burst, self.period_s = burst, period_s
+        self.seen: dict[str, list[float]] = {}  # kind -> [window start, count, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = f"{record.name}:{record.levelno}:{str(record.msg)[:60]}"
+        now = time.monotonic()
+        start, count, dropped = self.seen.get(kind, [now, 0, 0])
+        if now - start > self.period_s:
+            if dropped:
+                record.msg = f"{record.msg} (and {int(dropped)} more like it in the last {self.period_s:.0f} s)"
+            start, count, dropped = now, 0, 0
+        count += 1
+        keep = count <= self.burst
+        self.seen[kind] = [start, count, dropped + (0 if keep else 1)]
+        return keep
 
 
 def check_model_dir(model_dir: str | os.PathLike[str]) -> Path:
@@ -84,6 +129,7 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
 
         torch.set_num_threads(int(threads))
     app = FastAPI(title="sagebook local endpoint", docs_url=None, redoc_url=None, openapi_url=None)
+    limits = TransportLimits.from_env()
 
     async def read_body(request: Request) -> bytes | None:
         """The body, or None when it is over the limit (read to the end, up to a cap, so the client
@@ -92,12 +138,17 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
         if declared and declared.isdigit() and int(declared) > DRAIN_LIMIT:
             return None
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= MAX_PAYLOAD:
-                chunks.append(chunk)
-            elif size > DRAIN_LIMIT:
-                break
+
+        async def drain() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= MAX_PAYLOAD:
+                    chunks.append(chunk)
+                elif size > DRAIN_LIMIT:
+                    break
+
+        await asyncio.wait_for(drain(), limits.body_timeout_s)  # a stalled upload must not hold memory and a slot
         return b"".join(chunks) if size <= MAX_PAYLOAD else None
 
     model_lock = asyncio.Lock()  # one model call at a time per worker process; the others queue
@@ -111,7 +162,11 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
             inference.release_memory(data)
 
     async def invoke(request: Request, runtime: bool) -> Any:
-        body = await read_body(request)
+        try:
+            body = await read_body(request)
+        except asyncio.TimeoutError:
+            return _error(408, f"The body did not arrive within {limits.body_timeout_s:g} s.", "ValidationError",
+                          runtime)
         if body is None:
             return _error(413, f"The payload exceeds {MAX_PAYLOAD // (1024 * 1024)} MB, SageMaker's limit for "
                                "real-time inference.", "ValidationError", runtime)
@@ -370,6 +425,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes")
     p.add_argument("--name", default="sagebook", help="endpoint name for /endpoints/{name}/invocations")
+    from helpers.runtime.settings import add_dataclass_flags
+
+    add_dataclass_flags(p.add_argument_group("transport limits, per worker process"), TransportLimits)
     return p
 
 
@@ -387,8 +445,14 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // max(1, args.workers))))  # no oversubscription
     os.environ[ENDPOINT_NAME_ENV] = args.name
+    limits = TransportLimits(**{f: getattr(args, f) for f in TransportLimits.__dataclass_fields__})
+    os.environ[LIMITS_ENV] = limits.to_json()  # the worker processes read them from there
+    for name in ("uvicorn.error", __name__):  # a flood of bad requests must not flood the log
+        logging.getLogger(name).addFilter(RateLimitedLog())
     options = dict(factory=True, host=args.host, port=args.port, workers=args.workers, log_level="warning",
-                   access_log=False)
+                   access_log=False, http="helpers.serving:GuardedH11Protocol",
+                   h11_max_incomplete_event_size=limits.max_header_bytes, limit_concurrency=limits.max_concurrency,
+                   timeout_keep_alive=limits.idle_timeout_s)
     if args.workers > 1:  # uvicorn.run's multi-worker branch, with a listening socket that has TCP_NODELAY
         from uvicorn.supervisors import Multiprocess
 
@@ -397,6 +461,43 @@ def main(argv: list[str] | None = None) -> int:
     else:
         uvicorn.run("helpers.serving:app_from_env", **options)
     return 0
+
+
+def _guarded_h11() -> type:
+    """uvicorn's h11 protocol, with the deadlines it lacks: a new connection that sends nothing, and request
+    headers that trickle in, are closed (uvicorn times out only idle keep-alive connections)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Guarded(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.guard_limits = TransportLimits.from_env()
+            self.header_deadline = None
+            self.timeout_keep_alive_task = self.loop.call_later(self.guard_limits.idle_timeout_s,
+                                                                self.timeout_keep_alive_handler)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            waiting = self.conn.their_state == h11.IDLE and not self.transport.is_closing()
+            if waiting and self.header_deadline is None:
+                self.header_deadline = self.loop.call_later(self.guard_limits.header_timeout_s, self.transport.close)
+            elif not waiting and self.header_deadline is not None:
+                self.header_deadline.cancel()
+                self.header_deadline = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.header_deadline is not None:
+                self.header_deadline.cancel()
+            super().connection_lost(exc)
+
+    return Guarded
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GuardedH11Protocol":  # built on first use: importing this module needs no uvicorn
+        return _guarded_h11()
+    raise AttributeError(name)
 
 
 def listening_socket(config: Any) -> socket.socket:

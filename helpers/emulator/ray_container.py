@@ -113,6 +113,22 @@ def create_adapter(ray_url: str) -> Any:
     return app
 
 
+def watch_parent(interval_s: float = 1.0) -> None:
+    """End this container (SIGTERM to itself: Ray goes down with it) when the local SageMaker that started it is gone,
+    even killed with -9: no Ray instance outlives its endpoint's host."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        log.warning("the local SageMaker (pid %d) is gone: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", required=True, type=Path)
@@ -136,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # out of start-up; uvicorn installs its own handler once it serves
 
     signal.signal(signal.SIGTERM, stop)
+    watch_parent()
     started = time.monotonic()
     try:
         status = start_ray(args.model_dir.resolve(), args.ray_port, args.num_cpus, args.temp_dir)

@@ -20,7 +20,7 @@ DEPLOYMENT_FILE = "deployment.py"
 
 #: ``deployment.py`` at the artifact's root, where the container's ``import_path: deployment:app`` finds
 #: it (``/opt/ml/model`` and ``/opt/ml/model/code`` are on its ``PYTHONPATH``).
-DEPLOYMENT_SCRIPT = '''"""Ray Serve application for SageMaker's Ray Serve container: code/'s inference handlers, batched."""
+DEPLOYMENT_SCRIPT = '''"""Ray Serve application for SageMaker's Ray Serve container: code/'s handlers, batched."""
 from pathlib import Path
 
 from helpers.runtime.deployment import build
@@ -43,8 +43,10 @@ class ServeSettings:
     max_replicas: int = 2  # one per core on the book's 2-core machine
     target_ongoing_requests: float = 8  # per replica: more queued than this adds a replica
     max_ongoing_requests: int = 32  # per replica: beyond it the proxy queues the request
-    upscale_delay_s: float = 2.0
-    downscale_delay_s: float = 10.0
+    upscale_delay_s: float = 2.0  # Ray's defaults (30 s, 600 s, a 30 s look-back) suit hours of traffic, not a
+    downscale_delay_s: float = 5.0  # chapter's minute of load
+    metrics_interval_s: float = 1.0  # how often replicas report their ongoing requests
+    look_back_period_s: float = 4.0  # the window the autoscaler averages them over
     num_cpus: float = 1  # per replica (sets its PyTorch threads)
     num_gpus: float = 0  # per replica: 1 on a GPU instance
 
@@ -92,7 +94,9 @@ def application(settings: ServeSettings = ServeSettings()) -> dict[str, Any]:
             "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
                                    "target_ongoing_requests": settings.target_ongoing_requests,
                                    "upscale_delay_s": settings.upscale_delay_s,
-                                   "downscale_delay_s": settings.downscale_delay_s},
+                                   "downscale_delay_s": settings.downscale_delay_s,
+                                   "metrics_interval_s": settings.metrics_interval_s,
+                                   "look_back_period_s": settings.look_back_period_s},
             "ray_actor_options": actor,
             "user_config": settings.user_config(),
         }],
@@ -111,8 +115,8 @@ def to_yaml(doc: Any, indent: int = 0) -> str:
                 lines.append(f"{pad}{key}: {_scalar(value)}")
     else:
         for item in doc:
-            block = to_yaml(item, indent + 2)
-            lines.append(f"{pad}- {block.lstrip()}" if isinstance(item, dict) else f"{pad}- {_scalar(item)}")
+            lines.append(f"{pad}- {to_yaml(item, indent + 2).lstrip()}" if isinstance(item, dict)
+                         else f"{pad}- {_scalar(item)}")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
@@ -87,3 +88,24 @@ def strict_from_dict(cls: type, d: Mapping[str, Any], error: type[Exception], wh
     if unknown:
         raise error(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     return cls(**d)
+
+
+def str2bool(v: str | bool) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+def add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of a settings dataclass, ``--some-name`` and ``--some_name`` (as SageMaker sends it)."""
+    types = {bool: str2bool, int: int, float: float, str: str}
+    for f in fields(cls):
+        dashed, under = f"--{f.name.replace('_', '-')}", f"--{f.name}"
+        flags = [dashed] if dashed == under else [dashed, under]
+        help_text = f.metadata.get("help", "")
+        p.add_argument(*flags, dest=f.name, type=types[type(f.default)], default=f.default,
+                       help=f"{help_text} (default: {f.default!r})".strip())

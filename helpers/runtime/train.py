@@ -41,7 +41,8 @@ from helpers.runtime.metrics import format_metrics
 from helpers.runtime.models import ModelConfig, ModelError, TransferModel, build_body, make_head, save_model
 from helpers.runtime.presets import Preprocessing, decode_transform, eval_transform, normalize_transform, train_transform
 from helpers.runtime.progress import bar
-from helpers.runtime.settings import TrainConfig, TrainingError  # noqa: F401 - part of this module's API
+from helpers.runtime.settings import (TrainConfig, TrainingError, add_dataclass_flags,  # noqa: F401 - API
+                                      str2bool)
 
 log = logging.getLogger(__name__)
 
@@ -897,27 +898,6 @@ def write_code_slot(model_dir: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Command line
-
-
-def str2bool(v: str | bool) -> bool:
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
-
-
-def add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of a settings dataclass, ``--some-name`` and ``--some_name`` (as SageMaker sends it)."""
-    types = {bool: str2bool, int: int, float: float, str: str}
-    for f in fields(cls):
-        dashed, under = f"--{f.name.replace('_', '-')}", f"--{f.name}"
-        flags = [dashed] if dashed == under else [dashed, under]
-        help_text = f.metadata.get("help", "")
-        p.add_argument(*flags, dest=f.name, type=types[type(f.default)], default=f.default,
-                       help=f"{help_text} (default: {f.default!r})".strip())
 
 
 def get_args_parser() -> argparse.ArgumentParser:

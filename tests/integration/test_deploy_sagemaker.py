@@ -112,3 +112,10 @@ def test_container_settings():
     assert deploy.container_environment(deploy.RAY_SERVE) == {}  # Ray Serve reads the artifact's config.yaml
     with pytest.raises(ValueError, match="ray-serve, pytorch"):
         deploy.serving_image("us-east-1", "ml.m5.large", "torchserve")
+
+
+def test_the_layout_table_says_which_container_reads_each_file(trained_model):
+    layout = deploy.artifact_layout(trained_model)
+    assert layout.loc["config.yaml", "read by"].startswith("Ray Serve")
+    assert layout.loc["code/inference.py", "read by"].startswith("PyTorch")
+    assert layout.loc["code/helpers/", "files"] > 10 and layout.loc["model.pth", "read by"].startswith("both")

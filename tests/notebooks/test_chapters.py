@@ -251,13 +251,16 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
     text = "".join(o.get("text", "") for o in outputs)
     assert "HTTP 200 | ContentType: application/json" in text and "6 requests: p50" in text
+    assert "CustomAttributes: replica=" in text and "ray:serve-ml-sagemaker-cpu-v1" in text  # served by Ray Serve
+    assert "The ray-serve container took" in text and "config.yaml" in text and "read by" in text
     # chapter 5 calls the endpoint through the Lambda function, load-tests it, simulates; the runner cleans up
     nb5 = execute("05_lambda_autoscaling", tmp_path, **common, concurrency=[1, 2], requests_per_level=6,
-                  max_seconds=5, cleanup=False)
+                  max_seconds=5, replica_steps=[[1, 1], [8, 3]], cleanup=False)
     text5 = "".join(o.get("text", "") for c in nb5.cells if c.cell_type == "code" for o in c.outputs)
     assert "test event -> 200" in text5 and "bad event -> 400" in text5 and "Simulation, policy" in text5
     assert "function URL -> 200" in text5
-    assert sum("image/png" in o.get("data", {}) for c in nb5.cells if c.cell_type == "code" for o in c.outputs) == 3
+    assert sum("image/png" in o.get("data", {}) for c in nb5.cells if c.cell_type == "code" for o in c.outputs) == 4
+    assert "requests per forward pass on average at 8 clients" in text5  # measured on the Ray Serve endpoint
     # the ledger knows all the run created; the cleanup removes it, and the local SageMaker finds none of it
     cfg = RunConfig(**common)
     kinds = {r.kind for r in Ledger(cfg.work_path).entries()}

@@ -81,3 +81,46 @@ def test_load_test_is_bounded():
     capped = autoscaling.load_test(lambda: time.sleep(0.05) or True, concurrency=(1,), requests=1000, max_seconds=0.3)
     assert capped[0]["requests"] < 20 and capped[0]["seconds"] < 5
     assert autoscaling.capacity(rows)[0] == max(r["req_per_s"] for r in rows)
+
+
+def test_a_stepped_load_records_which_replica_answered_and_the_timeline_counts_them():
+    import itertools
+
+    counter = itertools.count()
+
+    def call():  # two replicas answer once the load is high; a batch grows with it
+        n = next(counter)
+        time.sleep(0.005)
+        if n == 5:
+            raise RuntimeError("dropped")
+        return f"replica={'a' if n % 2 or n < 12 else 'b'};batch={1 + n % 3}"
+
+    records = autoscaling.step_load(call, [(1, 0.1), (4, 0.2)], max_requests_per_step=12)
+    assert len(records) == 24 and sum(not r["ok"] for r in records) == 1
+    assert [r["clients"] for r in records[:12]] == [1] * 12 and {r["clients"] for r in records[12:]} == {4}
+    assert {r["replica"] for r in records if r["ok"]} == {"a", "b"}
+    timeline = autoscaling.replica_timeline(records, window_s=0.05)
+    assert timeline["replicas"].max() == 2 and timeline["errors"].sum() == 1
+    assert timeline["req_per_s"].sum() * 0.05 == pytest.approx(24)
+    lines = autoscaling.replica_insights(timeline)
+    assert any("from 1 to 2 replicas" in line for line in lines) and "1 requests of the stepped load failed." in lines
+
+
+def test_replica_insights_say_when_nothing_scaled():
+    import pandas as pd
+
+    timeline = pd.DataFrame({"clients": [1, 16, 16, 2], "replicas": [1, 1, 1, 1], "req_per_s": [10, 30, 30, 12],
+                             "p50_ms": [50, 300, 300, 80], "p99_ms": [60, 400, 400, 90],
+                             "mean_batch": [1.0, 6.5, 6.7, 1.2], "errors": [0, 0, 0, 0]}, index=[0, 2, 4, 6])
+    lines = autoscaling.replica_insights(timeline)
+    assert lines[0].startswith("The replicas stayed at 1") and "6.6 requests per forward pass" in lines[1]
+    assert lines[-1] == "Every request of the stepped load was answered."
+
+
+def test_a_replica_that_came_after_the_busy_step_is_said_so():
+    import pandas as pd
+
+    timeline = pd.DataFrame({"clients": [1, 16, 16, 2, 2], "replicas": [1, 1, 1, 2, 1], "req_per_s": [10] * 5,
+                             "p50_ms": [50] * 5, "p99_ms": [60] * 5, "mean_batch": [1.0] * 5, "errors": [0] * 5},
+                            index=[0, 2, 4, 6, 8])
+    assert "after the 16-client step had ended" in autoscaling.replica_insights(timeline)[0]

@@ -151,3 +151,31 @@ def test_the_toolkit_dispatch_gives_the_same_answer(trained_model, bundle, test_
     bad = FakeContext(trained_model, "text/csv")
     transformer.transform([{"body": b"1,2"}], bad)
     assert bad.status == 415
+
+
+def test_a_request_has_one_decoding_budget_for_all_its_images(monkeypatch):
+    """40 images under the per-image limit still cannot make one request decode gigabytes: refused before
+    the image that would pass the budget is decoded."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from helpers.runtime import presets
+
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buf, format="PNG")  # 36 Mpx: under MAX_PIXELS, about 35 KB
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    decoded = []
+    real = presets.to_rgb
+    monkeypatch.setattr(inference, "to_rgb", lambda im: decoded.append(im.size) or real(im))
+    with pytest.raises(InferenceError) as e:
+        inference.input_fn(json.dumps({"instances": [{"b64": b64}] * 40}), "application/json")
+    assert e.value.status_code == 413 and "Image 1 would take the request past its decoding budget" in e.value.message
+    assert decoded == [(6000, 6000)]  # only the first was decoded
+
+
+def test_error_responses_are_the_same_json_everywhere():
+    assert inference.error_response(InferenceError(415, "no")) == (415, '{"message": "no"}')
+    status, body = inference.error_response(RuntimeError("boom"))
+    assert status == 500 and json.loads(body) == {"message": "Inference failed: RuntimeError: boom"}
