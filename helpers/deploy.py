@@ -44,10 +44,13 @@ def serving_image(region: str, instance_type: str, container: str = RAY_SERVE) -
 
 
 def container_environment(container: str = RAY_SERVE, workers: int = 1) -> dict[str, str]:
-    """The serving container's settings. Ray Serve reads everything from the artifact's ``config.yaml``; the
-    PyTorch container needs the handlers' place in the artifact (``code/``) and its worker count."""
+    """The serving container's settings. Ray Serve reads the application from the artifact's ``config.yaml`` and
+    only how often its autoscaling metrics are pushed from here; the PyTorch container needs the handlers' place
+    in the artifact (``code/``) and its worker count."""
     if container == RAY_SERVE:
-        return {}
+        from helpers.runtime.serve_settings import ServeSettings
+
+        return ServeSettings().environment()
     return {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)}
 

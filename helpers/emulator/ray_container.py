@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:

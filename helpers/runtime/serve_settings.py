@@ -74,6 +74,14 @@ class ServeSettings:
     def from_dict(cls, d: Mapping[str, Any]) -> "ServeSettings":
         return strict_from_dict(cls, d, ServeSettingsError, "serving setting")
 
+    def environment(self) -> dict[str, str]:
+        """What Ray Serve reads from the container's environment (the model's ``Environment``): how often replicas
+        and handles push the metrics the autoscaler averages (what ``metrics_interval_s`` in config.yaml is
+        deprecated for)."""
+        interval = f"{self.metrics_interval_s:g}"
+        return {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": interval,
+                "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": interval}
+
     def user_config(self) -> dict[str, Any]:
         """What a running replica takes without a restart (Ray Serve's ``user_config``)."""
         return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
@@ -95,6 +103,8 @@ def application(settings: ServeSettings = ServeSettings()) -> dict[str, Any]:
                                    "target_ongoing_requests": settings.target_ongoing_requests,
                                    "upscale_delay_s": settings.upscale_delay_s,
                                    "downscale_delay_s": settings.downscale_delay_s,
+                                   # deprecated for the environment variables of ServeSettings.environment(),
+                                   # which the deployment sets too; Ray 2.57 still checks it against look_back
                                    "metrics_interval_s": settings.metrics_interval_s,
                                    "look_back_period_s": settings.look_back_period_s},
             "ray_actor_options": actor,

@@ -109,7 +109,9 @@ def test_container_settings():
     assert json.loads(json.dumps(deploy.container_environment(deploy.PYTORCH, 3))) == {
         "SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
         "SAGEMAKER_MODEL_SERVER_WORKERS": "3"}
-    assert deploy.container_environment(deploy.RAY_SERVE) == {}  # Ray Serve reads the artifact's config.yaml
+    assert deploy.container_environment(deploy.RAY_SERVE) == {  # the rest comes from the artifact's config.yaml
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
     with pytest.raises(ValueError, match="ray-serve, pytorch"):
         deploy.serving_image("us-east-1", "ml.m5.large", "torchserve")
 
