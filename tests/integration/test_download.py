@@ -46,6 +46,7 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.reliability
 def test_interrupted_download_resumes_with_range(server, tmp_path):
     server.state.cut_after["/blob.bin"] = 1024 * 1024
     dest = tmp_path / "b.bin"
@@ -131,6 +132,7 @@ def write_zip(path: Path, entries: list[tuple[str, bytes, int | None]]) -> Path:
     [("../evil.txt", "'..' in path"), ("data/../../evil.txt", "'..' in path"), ("/etc/evil", "absolute path"),
      ("C:/evil.txt", "absolute path")],
 )
+@pytest.mark.reliability
 def test_zip_slip_is_refused(tmp_path, entry, reason):
     archive = write_zip(tmp_path / "a.zip", [("ok/a.txt", b"a", None), (entry, b"x", None)])
     with pytest.raises(UnsafeArchiveError, match=reason):
@@ -166,6 +168,7 @@ def deflated_zip(path, members):
     return path
 
 
+@pytest.mark.reliability
 def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
     """A few KB that would expand to 50 MB of zeros: refused by its ratio, naming the member."""
     archive = deflated_zip(tmp_path / "bomb.zip", [("ok.txt", b"fine"), ("data/zeros.bin", b"\0" * 50_000_000)])
@@ -196,6 +199,7 @@ def test_a_member_that_writes_more_than_it_declares_is_stopped(tmp_path, monkeyp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.reliability
 def test_a_corrupt_member_is_a_download_error_naming_it(tmp_path):
     archive = deflated_zip(tmp_path / "bad.zip", [("good.txt", b"fine"), ("pics/bad.png", os.urandom(20_000))])
     data = bytearray(archive.read_bytes())

@@ -74,6 +74,7 @@ def test_handler_errors_become_model_errors_with_the_original_status(local_sagem
     assert "/aws/sagemaker/Endpoints/ep-1" in err["LogStreamArn"]
 
 
+@pytest.mark.reliability
 def test_unknown_endpoint_and_oversized_body_are_validation_errors(local_sagemaker, endpoint, test_image):
     rt = local_sagemaker.client("sagemaker-runtime")
     with pytest.raises(ClientError) as e:

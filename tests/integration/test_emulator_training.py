@@ -408,6 +408,7 @@ def test_a_tuning_trial_takes_the_framework_containers_path(local_sagemaker, cli
     assert probe(local_sagemaker, "trial-1")["argv"] == ["train.py", "--lr", "0.1"]
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_a_spot_interruption_restarts_the_job_from_its_checkpoint(local_sagemaker, clients, synthetic_root,
                                                                   tmp_path):

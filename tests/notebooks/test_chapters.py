@@ -278,6 +278,7 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     assert background.running(tmp_path / "work") is None
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_a_run_that_crashed_after_chapter_4_leaves_nothing_after_the_next(tmp_path):
     """The next run starts from chapter 01, whose record drops the endpoint stage: the ledger still knows the

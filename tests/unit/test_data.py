@@ -78,6 +78,7 @@ def test_validate_clean(synthetic_root):
     assert r.split_table().loc["valid", "images"] == 6
 
 
+@pytest.mark.reliability
 def test_corrupt_and_non_image_files_are_skipped_and_counted(tmp_path, monkeypatch):
     root = data.make_synthetic(tmp_path / "s", num_classes=2, images_per_class=10, corrupt=2, non_image=1)
     cls = root / "train" / "001.Affenpinscher"

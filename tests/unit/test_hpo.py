@@ -30,6 +30,7 @@ def test_one_space_two_translations():
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
                             "ignore:Heartbeat of storage is supposed to be used")  # the test's own dead trial
+@pytest.mark.reliability
 def test_local_study_tunes_on_validation_only_and_resumes(setup, monkeypatch):
     cfg, data = setup
     seen_test = []
@@ -75,6 +76,7 @@ def test_a_space_with_other_dimensions_is_honoured_everywhere(setup):
     assert "dropout=" in hpo.insights(r)[0]
 
 
+@pytest.mark.reliability
 def test_two_runs_on_one_study_cooperate(setup):
     """Two processes (here threads) tuning one study: neither fails the other's trials, and together they run
     the requested number."""

@@ -72,6 +72,7 @@ def test_bad_requests_are_refused_with_a_status():
     assert status_of(buf.getvalue(), "application/x-npy")[0] == 400  # pickles are never loaded
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("shape", [(0, 32, 32, 3), (1, 0, 0, 3), (0, 0, 3)])
 def test_empty_arrays_are_the_clients_mistake(shape):
     buf = io.BytesIO()
@@ -80,11 +81,13 @@ def test_empty_arrays_are_the_clients_mistake(shape):
     assert status == 400 and "no pixels" in message
 
 
+@pytest.mark.reliability
 def test_deeply_nested_json_is_the_clients_mistake():
     status, message = status_of(b"[" * 100_000 + b"]" * 100_000, "application/json")
     assert status == 400 and "nested too deeply" in message
 
 
+@pytest.mark.reliability
 def test_decompression_bomb_is_refused():
     bomb = io.BytesIO()
     Image.new("1", (8000, 6000)).save(bomb, "PNG")  # a few KB that would decode to 48 million pixels
@@ -153,6 +156,7 @@ def test_the_toolkit_dispatch_gives_the_same_answer(trained_model, bundle, test_
     assert bad.status == 415
 
 
+@pytest.mark.reliability
 def test_a_request_has_one_decoding_budget_for_all_its_images(monkeypatch):
     """40 images under the per-image limit still cannot make one request decode gigabytes: refused before
     the image that would pass the budget is decoded."""

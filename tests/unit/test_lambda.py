@@ -71,6 +71,7 @@ def test_api_gateway_and_direct_events(handler):
     ({"image_b64": 5}, "image_b64 must be a string"),
     ({"image_b64": "eA==", "content_type": ["image/png"]}, "content_type must be a string"),
 ])
+@pytest.mark.reliability
 def test_bad_events_get_400(handler, event, fragment):
     rt = StubRuntime()
     out = handler(rt)(event)
@@ -106,6 +107,7 @@ def test_a_refused_request_answers_the_containers_first_line_only(handler):
         "error": "The image cannot be decoded."}
 
 
+@pytest.mark.reliability
 def test_events_over_lambdas_payload_limit_are_refused_before_sending():
     """6 MB for the whole event: with base64 an image of 4.5 MB no longer fits, though the endpoint takes 6 MB."""
     serverless.direct_event(b"x" * 4_500_000)

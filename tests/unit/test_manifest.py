@@ -61,12 +61,14 @@ def test_unknown_stage(work_dir):
         Manifest.load(work_dir).record("deploy", {})
 
 
+@pytest.mark.reliability
 def test_corrupt_manifest_is_a_clear_error(work_dir):
     (work_dir / MANIFEST_NAME).write_text('{"version": 1, "stages": {"data": ')
     with pytest.raises(ManifestError, match="Delete it and rerun"):
         Manifest.load(work_dir)
 
 
+@pytest.mark.reliability
 def test_crash_during_write_keeps_the_old_manifest(work_dir, monkeypatch):
     m = Manifest.load(work_dir)
     m.record("data", {"dataset": "digits"})

@@ -1,6 +1,7 @@
 """The preprocessing preset: one definition for training, the decoded-image cache and serving."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -80,6 +81,7 @@ def test_serving_decodes_sixteen_bit_images_the_same_way(tmp_path):
     assert np.asarray(img)[0, 16, 0] == round(16 / 63 * 255)  # clipped, it would be 255
 
 
+@pytest.mark.reliability
 def test_the_dataset_report_counts_high_bit_images(tmp_path):
     from helpers import data
 

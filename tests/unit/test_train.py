@@ -125,6 +125,7 @@ def test_seeded_runs_are_identical(paths):
     assert a.history[-1]["valid_loss"] == b.history[-1]["valid_loss"]
 
 
+@pytest.mark.reliability
 def test_interrupted_training_resumes_without_losing_or_repeating_an_epoch(paths):
     p = paths()
     cfg = TrainConfig(**{**FAST, "epochs": 5, "patience": 0})
@@ -173,6 +174,7 @@ def test_early_stopping(paths):
     assert any(line.startswith("early stopping after epoch") for line in lines)
 
 
+@pytest.mark.reliability
 def test_corrupt_checkpoint_is_an_error_unless_restart(paths):
     p = paths()
     p.checkpoint_dir.mkdir(parents=True)
@@ -504,6 +506,7 @@ def test_an_empty_train_class_stops_before_anything_runs(broken_copy, paths):
                   emit=lambda line: None)
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("mode", MODES, ids=list(MODES))
 def test_a_train_class_of_corrupt_files_stops_before_training(broken_copy, paths, mode):
     root, cls = broken_copy
@@ -515,6 +518,7 @@ def test_a_train_class_of_corrupt_files_stops_before_training(broken_copy, paths
     assert not [line for line in lines if line.startswith("#metrics")]  # not one epoch ran
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("mode", MODES, ids=list(MODES))
 def test_an_unreadable_valid_split_stops_before_training(broken_copy, paths, mode):
     root, _ = broken_copy
@@ -554,6 +558,7 @@ def test_a_hyperparameter_mismatch_names_the_hyperparameter(paths):
         train.fit(TrainConfig(**{**FAST, "epochs": 1, "lr": 0.02}), p, emit=quiet([]))
 
 
+@pytest.mark.reliability
 def test_temp_files_of_an_interrupted_checkpoint_write_are_removed_at_start(paths):
     p = paths()
     p.checkpoint_dir.mkdir(parents=True)
