@@ -171,3 +171,16 @@ def debugger_modes():
     import smdebug.pytorch as smd
 
     return smd.modes
+
+
+def test_rule_classes_are_module_level_and_smdebug_loads_only_to_evaluate():
+    """One class per rule, built once (not on every call), in a module the catalogue imports only when needed."""
+    import subprocess
+    import sys
+
+    assert debugger_rules.rule_class("vanishing_gradient") is debugger_rules.rule_class("VanishingGradient")
+    assert debugger_rules.rule_class("class_imbalance").__module__ == "helpers.debugger_rule_classes"
+    code = ("import sys, helpers.debugger_rules as d; assert 'smdebug' not in sys.modules, 'imported'; "
+            "d.rule_class('overfit'); assert 'smdebug' in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
