@@ -252,7 +252,9 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     text = "".join(o.get("text", "") for o in outputs)
     assert "HTTP 200 | ContentType: application/json" in text and "6 requests: p50" in text
     assert "CustomAttributes: replica=" in text and "ray:serve-ml-sagemaker-cpu-v1" in text  # served by Ray Serve
-    assert "The ray-serve container took" in text and "config.yaml" in text and "read by" in text
+    shown = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)  # tables: execute results
+    assert "The ray-serve container took" in text and "import_path: \"deployment:app\"" in text
+    assert "read by" in shown and "Ray Serve: `serve run config.yaml`" in shown  # which container reads what
     # chapter 5 calls the endpoint through the Lambda function, load-tests it, simulates; the runner cleans up
     nb5 = execute("05_lambda_autoscaling", tmp_path, **common, concurrency=[1, 2], requests_per_level=6,
                   max_seconds=5, replica_steps=[[1, 1], [8, 3]], cleanup=False)
