@@ -674,10 +674,11 @@ def _serving_findings(rows: list[dict[str, Any]], goal: Callable[[str, bool], st
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import datetime
-    import os
     import platform
 
     import torch
+
+    from helpers.runtime.settings import usable_cores
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -685,8 +686,7 @@ def machine() -> dict[str, Any]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "torch": torch.__version__,
+    return {"cpu": cpu, "cores": usable_cores(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": datetime.date.today().isoformat()}
 

@@ -386,8 +386,9 @@ class RayServeEndpoint(ModelServer):
                                 "(or the model's environment SM_RAYSERVE_APP=module:app), as AWS's Ray Serve "
                                 "container requires.")
         super().__init__(path, endpoint_name, port, "127.0.0.1", log_file)
-        self.num_cpus = num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                     else os.cpu_count() or 1)
+        from helpers.runtime.settings import usable_cores
+
+        self.num_cpus = num_cpus or usable_cores()
         self.temp_dir: str | None = None
 
     def start(self, timeout_s: float = RAY_START_TIMEOUT_S) -> "RayServeEndpoint":
@@ -442,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.environ[MODEL_DIR_ENV] = str(model_dir)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from helpers.runtime.settings import usable_cores
+
+    cores = usable_cores()
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // max(1, args.workers))))  # no oversubscription
     os.environ[ENDPOINT_NAME_ENV] = args.name
     limits = TransportLimits(**{f: getattr(args, f) for f in TransportLimits.__dataclass_fields__})
@@ -469,19 +472,19 @@ def _guarded_h11() -> type:
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    limits = TransportLimits.from_env()  # once per worker process, not per connection
+
     class Guarded(H11Protocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self.guard_limits = TransportLimits.from_env()
             self.header_deadline = None
-            self.timeout_keep_alive_task = self.loop.call_later(self.guard_limits.idle_timeout_s,
-                                                                self.timeout_keep_alive_handler)
+            self.timeout_keep_alive_task = self.loop.call_later(limits.idle_timeout_s, self.timeout_keep_alive_handler)
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             waiting = self.conn.their_state == h11.IDLE and not self.transport.is_closing()
             if waiting and self.header_deadline is None:
-                self.header_deadline = self.loop.call_later(self.guard_limits.header_timeout_s, self.transport.close)
+                self.header_deadline = self.loop.call_later(limits.header_timeout_s, self.transport.close)
             elif not waiting and self.header_deadline is not None:
                 self.header_deadline.cancel()
                 self.header_deadline = None

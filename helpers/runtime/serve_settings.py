@@ -7,7 +7,7 @@ written here, from :class:`ServeSettings`, without importing Ray (a training job
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -149,17 +149,3 @@ def write_ray_layout(model_dir: str | Path, settings: ServeSettings = ServeSetti
     script = model_dir / DEPLOYMENT_FILE
     script.write_text(DEPLOYMENT_SCRIPT)
     return [config, script]
-
-
-def read_settings(model_dir: str | Path) -> ServeSettings:
-    """The settings a model folder's ``config.yaml`` holds (the first deployment's)."""
-    import yaml
-
-    doc = yaml.safe_load((Path(model_dir) / CONFIG_FILE).read_text())
-    dep = doc["applications"][0]["deployments"][0]
-    scale = dep.get("autoscaling_config") or {}
-    actor = dep.get("ray_actor_options") or {}
-    user = dep.get("user_config") or {}
-    return ServeSettings(**{k: v for k, v in {**user, **scale, **actor,
-                                               "max_ongoing_requests": dep.get("max_ongoing_requests")}.items()
-                            if k in {f.name for f in fields(ServeSettings)} and v is not None})

@@ -109,3 +109,10 @@ def add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "")
         p.add_argument(*flags, dest=f.name, type=types[type(f.default)], default=f.default,
                        help=f"{help_text} (default: {f.default!r})".strip())
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

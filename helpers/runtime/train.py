@@ -42,7 +42,7 @@ from helpers.runtime.models import ModelConfig, ModelError, TransferModel, build
 from helpers.runtime.presets import Preprocessing, decode_transform, eval_transform, normalize_transform, train_transform
 from helpers.runtime.progress import bar
 from helpers.runtime.settings import (TrainConfig, TrainingError, add_dataclass_flags,  # noqa: F401 - API
-                                      str2bool)
+                                      str2bool, usable_cores)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def dist_info(env: Mapping[str, str]) -> DistInfo:
 
 def default_workers(local_world_size: int = 1) -> int:
     """DataLoader workers: the cores this process may use, shared between local ranks, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     per_rank = cores // max(1, local_world_size)
     return 0 if per_rank <= 1 else min(8, per_rank)
 
@@ -764,7 +764,7 @@ def _instruments(inst: Instrumentation, output_dir: Path, trained: nn.Module, cr
     try:
         if inst.profiler and dinfo.is_main:
             prof_dir.mkdir(parents=True, exist_ok=True)
-            meta = {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            meta = {"cores": usable_cores(),
                     "workers": workers, "batch_size": cfg.batch_size, "device": str(device),
                     "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
                     "feature_cache": cfg.uses_feature_cache, "image_cache": image_cache,

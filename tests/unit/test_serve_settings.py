@@ -3,8 +3,7 @@
 import pytest
 import yaml
 
-from helpers.runtime.serve_settings import (ServeSettings, ServeSettingsError, application, read_settings, to_yaml,
-                                            write_ray_layout)
+from helpers.runtime.serve_settings import ServeSettings, ServeSettingsError, application, to_yaml, write_ray_layout
 
 
 def test_the_yaml_is_the_application_document_and_ray_accepts_it(tmp_path):
@@ -20,7 +19,6 @@ def test_the_yaml_is_the_application_document_and_ray_accepts_it(tmp_path):
     assert dep.user_config == {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
     assert dep.autoscaling_config["max_replicas"] == 3
     assert dep.ray_actor_options.num_cpus == 1 and dep.ray_actor_options.num_gpus == 1
-    assert read_settings(tmp_path) == settings
     assert "from helpers.runtime.deployment import build" in (tmp_path / "deployment.py").read_text()
 
 
