@@ -169,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 1
     finally:  # the instance ends with this process, as the container does: no graceful Serve shutdown (30 s)
+        import shutil
+
         import ray
 
         ray.shutdown()
+        shutil.rmtree(args.temp_dir, ignore_errors=True)  # also when no one is left to remove it (parent killed)
         log.info("Ray shut down")
 
 
