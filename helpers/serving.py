@@ -178,8 +178,7 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
         except Exception as e:  # noqa: BLE001 - a failing request must not take the server down
             if not isinstance(e, inference.InferenceError):
                 log.exception("inference failed")
-            status, text = inference.error_response(e)
-            return _error(status, json.loads(text)["message"], runtime=runtime)
+            return _error(*inference.failure(e), runtime=runtime)
         headers = {"x-Amzn-Invoked-Production-Variant": "AllTraffic"} if runtime else {}
         return Response(out, media_type="application/json", headers=headers)
 

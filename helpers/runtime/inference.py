@@ -230,12 +230,16 @@ def output_fn(prediction: list[list[dict[str, Any]]], accept: str = JSON) -> str
     return json.dumps({"predictions": [{"top_k": p} for p in prediction]})
 
 
+def failure(exc: BaseException) -> tuple[int, str]:
+    """The status and message a failed request is answered with: the handler's own, or 500 for the unexpected."""
+    if isinstance(exc, InferenceError):
+        return exc.status_code, exc.message
+    return 500, f"Inference failed: {type(exc).__name__}: {exc}"
+
+
 def error_response(exc: BaseException) -> tuple[int, str]:
     """The status and JSON body a server answers a failed request with; the same on every container."""
-    if isinstance(exc, InferenceError):
-        status, message = exc.status_code, exc.message
-    else:
-        status, message = 500, f"Inference failed: {type(exc).__name__}: {exc}"
+    status, message = failure(exc)
     return status, json.dumps({"message": message})
 
 
