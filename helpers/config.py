@@ -6,9 +6,11 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from helpers.runtime.catalog import BACKBONES, WEIGHTS
 
@@ -101,6 +103,9 @@ class RunConfig:
     synthetic_images: int = 20
     #: Optional sha256 of a downloaded dataset archive.
     sha256: str = ""
+    #: SageMaker MLflow tracking server (or MLflow App) ARN the sagemaker backend tracks to; empty: no tracking
+    #: there. The local backend always tracks, to a SQLite store in the work folder.
+    mlflow_arn: str = ""
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -137,6 +142,10 @@ class RunConfig:
             yield f"s3_prefix must look like s3://bucket/prefix, got {self.s3_prefix!r}"
         if self.backend == "sagemaker" and not self.s3_prefix:
             yield "backend 'sagemaker' needs s3_prefix (s3://bucket/prefix for data and artifacts)"
+        if self.mlflow_arn and not re.fullmatch(r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:mlflow-[a-z-]+/\S+",
+                                                self.mlflow_arn):
+            yield ("mlflow_arn must be a SageMaker MLflow ARN, like "
+                   f"arn:aws:sagemaker:us-east-1:111122223333:mlflow-tracking-server/NAME; got {self.mlflow_arn!r}")
         if self.synthetic_classes < 2 or self.synthetic_images < 5:
             yield "the synthetic dataset needs at least 2 classes and 5 images per class"
 

@@ -21,6 +21,9 @@ TRAIN_REQUIREMENTS = ("tqdm", "psutil", "nvidia-ml-py")
 #: Only for a job that registers the Debugger hook: smdebug builds ``pyinstrument-cext`` from source and
 #: pins an old protobuf, minutes and a downgrade that a tuning trial does not need.
 DEBUGGER_REQUIREMENTS = ("smdebug",)
+#: Only for a job that tracks: MLflow's client (``sagemaker-mlflow`` signs requests to a managed tracking
+#: server's ARN) and TensorBoard's event writer.
+TRACKING_REQUIREMENTS = ("mlflow-skinny", "sagemaker-mlflow", "tensorboard")
 
 
 def pinned(packages: tuple[str, ...]) -> list[str]:
@@ -35,10 +38,11 @@ def pinned(packages: tuple[str, ...]) -> list[str]:
     return [f"{p}=={versions[p]}" if p in versions else p for p in packages]
 
 
-def stage_source_dir(dest: str | os.PathLike[str], debugger: bool = True) -> Path:
+def stage_source_dir(dest: str | os.PathLike[str], debugger: bool = True, tracking: bool = False) -> Path:
     """The training ``source_dir``: ``train.py`` at its root, the runtime bundle, ``requirements.txt``
-    (with smdebug only when the job runs the ``debugger``)."""
-    return write_bundle(dest, pinned(TRAIN_REQUIREMENTS + (DEBUGGER_REQUIREMENTS if debugger else ())))
+    (with smdebug only when the job runs the ``debugger``, MLflow and TensorBoard only when it is ``tracking``)."""
+    return write_bundle(dest, pinned(TRAIN_REQUIREMENTS + (DEBUGGER_REQUIREMENTS if debugger else ())
+                                     + (TRACKING_REQUIREMENTS if tracking else ())))
 
 
 def package_model(model_dir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:

@@ -131,6 +131,76 @@ def tuning_parameters(trials, params: tuple[str, ...] = ("lr", "batch_size", "ep
     return fig
 
 
+def parallel_coordinates(trials, params: tuple[str, ...] = ("lr", "batch_size", "epochs"),
+                         objective: str = "valid:accuracy") -> Figure:
+    """One line per trial across its hyperparameters and objective, coloured by the objective (grey: no value).
+
+    Each axis is scaled to its own range (the learning rate on a log scale), so where the good trials cross
+    each axis shows which part of the range they favour.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+
+    params = tuple(p for p in params if p in trials)
+    axes_names = [*params, "value"]
+    fig = Figure(figsize=(2.2 * len(axes_names) + 1.5, 3.6), layout="tight")
+    ax = fig.subplots()
+
+    def scaled(column: str):
+        v = trials[column].astype(float).to_numpy()
+        if column == "lr":
+            v = np.log10(v)
+        lo, hi = np.nanmin(v), np.nanmax(v)
+        return (v - lo) / (hi - lo) if hi > lo else np.full_like(v, 0.5), lo, hi
+
+    scaled_cols = {c: scaled(c) for c in axes_names}
+    values = trials["value"].astype(float).to_numpy()
+    finite = values[np.isfinite(values)]
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+    cmap = colormaps["viridis"]
+    for i in np.argsort(np.nan_to_num(values, nan=-np.inf)):  # the best trials drawn last, on top
+        ys = [scaled_cols[c][0][i] for c in axes_names]
+        good = np.isfinite(values[i])
+        ax.plot(range(len(axes_names)), ys, color=cmap((values[i] - lo) / (hi - lo) if good and hi > lo else 1.0)
+                if good else "#bbbbbb", lw=2 if good else 1, alpha=0.9 if good else 0.6, marker="o", ms=3)
+    for x, c in enumerate(axes_names):
+        ax.axvline(x, color="#444444", lw=0.8)
+        _, a, b = scaled_cols[c]
+        fmt = (lambda t: f"{10 ** t:.1e}") if c == "lr" else (lambda t: f"{t:.3g}")
+        ax.text(x, -0.08, fmt(a), ha="center", va="top", fontsize=8)
+        ax.text(x, 1.08, fmt(b), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(axes_names)), [*params, objective])
+    ax.set_yticks([])
+    ax.set_ylim(-0.2, 1.2)
+    ax.spines[["top", "right", "left"]].set_visible(False)
+    ax.set_title("Each trial across its hyperparameters (colour: objective; grey: stopped before reporting one)",
+                 fontsize=10)
+    return fig
+
+
+def epochs_and_steps(curves, steps: dict) -> Figure:
+    """Left: the per-epoch loss MLflow recorded for the run. Right: the per-step loss of the Debugger trial."""
+    fig = Figure(figsize=(10, 3.4), layout="tight")
+    left, right = fig.subplots(1, 2)
+    for col, color in (("train_loss", SPLIT_COLORS["train"]), ("valid_loss", SPLIT_COLORS["valid"])):
+        if col in curves:
+            left.plot(curves.index, curves[col], marker="o", color=color, label=col.replace("_", " "))
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.set_title("Per epoch (MLflow run)")
+    tsteps, tvalues = steps.get("train", ([], []))
+    right.plot(tsteps, tvalues, lw=1, color=SPLIT_COLORS["train"], label="train")
+    vsteps, vvalues = steps.get("valid", ([], []))
+    if vsteps:
+        right.scatter(vsteps, vvalues, s=6, color=SPLIT_COLORS["valid"], alpha=0.5, label="valid (per batch)")
+    right.set_xlabel("step")
+    right.set_title("Per saved step (Debugger trial)")
+    for ax in (left, right):
+        ax.legend(frameon=False, fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
 def system_usage(samples: list[dict]) -> Figure:
     """CPU per core, memory and disk I/O over time (and GPU utilisation and memory when recorded)."""
     import numpy as np

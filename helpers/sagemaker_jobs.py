@@ -12,8 +12,9 @@ import json
 import logging
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from helpers.config import SAGEMAKER_FRAMEWORK_VERSION, SAGEMAKER_PY_VERSION, RunConfig
 from helpers.hpo import SEARCH_SPACE, TuningResult, coerce
@@ -63,7 +64,8 @@ def inputs(data: Mapping[str, Any], splits: tuple[str, ...] = ("train", "valid",
 def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: Mapping[str, Any],
                   base_job_name: str, instance_type: str = DEFAULT_INSTANCE_TYPE, instance_count: int = 1,
                   max_run_s: int = 3 * 3600, use_spot: bool = False, max_wait_s: int = 0,
-                  source_dir: str | Path | None = None) -> Any:
+                  source_dir: str | Path | None = None, environment: Mapping[str, str] | None = None,
+                  tensorboard: bool = False) -> Any:
     """A ``ModelTrainer`` for the staged entry point (``train.py``) on the PyTorch training container.
 
     Output goes to ``{s3_prefix}/output``. Checkpoints go to ``{s3_prefix}/checkpoints``; the entry point
@@ -71,10 +73,20 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
     tuning trials never resume each other's. ``instance_count > 1`` runs torchrun on every instance.
     ``use_spot``: managed spot training, which may be interrupted and then resumes from the checkpoints;
     ``max_wait_s`` (waiting for capacity plus running, at least ``max_run_s``; 0: twice ``max_run_s``).
+    ``environment``: the job's variables (``helpers.tracking.job_environment`` turns MLflow tracking on; a
+    tuner gives them to every trial). ``tensorboard``: a ``TensorBoardOutputConfig``, so the event files the
+    entry point writes to ``/opt/ml/output/tensorboard`` go to ``{s3_prefix}/tensorboard/JOB/tensorboard-output``.
     """
+    from sagemaker.core.training.configs import (
+        CheckpointConfig,
+        Compute,
+        MetricDefinition,
+        OutputDataConfig,
+        SourceCode,
+        StoppingCondition,
+        TensorBoardOutputConfig,
+    )
     from sagemaker.train import ModelTrainer
-    from sagemaker.core.training.configs import (CheckpointConfig, Compute, MetricDefinition, OutputDataConfig,
-                                                 SourceCode, StoppingCondition)
     from sagemaker.train.distributed import Torchrun
 
     if use_spot and max_wait_s and max_wait_s < max_run_s:
@@ -82,8 +94,9 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
 
     prefix = cfg.s3_prefix.rstrip("/")
     debugger = str(hyperparameters.get("debugger", False)).lower() == "true"  # smdebug shipped only then
+    tracking = bool(environment and "MLFLOW_TRACKING_URI" in environment)  # mlflow shipped only then
     src = Path(source_dir) if source_dir else stage_source_dir(Path(tempfile.mkdtemp(prefix="sagebook-src-")) / "src",
-                                                              debugger=debugger)
+                                                              debugger=debugger, tracking=tracking or tensorboard)
     hyperparameters, channels = weights_channel(session, prefix, hyperparameters)
     trainer = ModelTrainer(
         training_image=training_image(session.boto_region_name, instance_type),
@@ -98,7 +111,11 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
         output_data_config=OutputDataConfig(s3_output_path=f"{prefix}/output"),
         checkpoint_config=CheckpointConfig(s3_uri=f"{prefix}/checkpoints"),
         role=role, sagemaker_session=session, base_job_name=base_job_name, input_data_config=channels or None,
+        environment=dict(environment) if environment else None,
     )
+    if tensorboard:
+        trainer = trainer.with_tensorboard_output_config(TensorBoardOutputConfig(
+            s3_output_path=f"{prefix}/tensorboard", local_path="/opt/ml/output/tensorboard"))
     return trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"])
                                             for m in metric_definitions()])
 
@@ -149,10 +166,7 @@ def tuning_result(tuner: Any, static: Mapping[str, Any], wall_s: float,
 
     job = tuner.latest_tuning_job.refresh()
     client = tuner.sagemaker_session.sagemaker_client
-    pages = client.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job").paginate(
-        HyperParameterTuningJobName=job.hyper_parameter_tuning_job_name)
-    summaries = sorted((s for page in pages for s in page["TrainingJobSummaries"]),
-                       key=lambda s: s["TrainingJobName"])
+    summaries = trial_summaries(client, job.hyper_parameter_tuning_job_name)
     rows = []
     for number, s in enumerate(summaries):
         desc = client.describe_training_job(TrainingJobName=s["TrainingJobName"])
@@ -177,6 +191,13 @@ def tuning_result(tuner: Any, static: Mapping[str, Any], wall_s: float,
                                  "best_training_job": best.training_job_name,
                                  "pruned": int(sum(r["state"] == "PRUNED" for r in rows)),
                                  "new_trials": len(rows)})
+
+
+def trial_summaries(sagemaker_client: Any, tuning_job_name: str) -> list[dict[str, Any]]:
+    """Every trial of a tuning job (``ListTrainingJobsForHyperParameterTuningJob``, all pages), by job name."""
+    pages = sagemaker_client.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job").paginate(
+        HyperParameterTuningJobName=tuning_job_name)
+    return sorted((s for page in pages for s in page["TrainingJobSummaries"]), key=lambda s: s["TrainingJobName"])
 
 
 def _epochs_run(desc: Mapping[str, Any]) -> int | None:
@@ -210,6 +231,13 @@ def log_tail(boto_session: Any, job_name: str, lines: int = 8) -> list[str]:
 def job_output_path(job: Any) -> str:
     """Where a training job's ``output.tar.gz`` is (the service puts it next to ``model.tar.gz``)."""
     return job.model_artifacts.s3_model_artifacts.rsplit("/", 1)[0] + "/output.tar.gz"
+
+
+def tensorboard_output_path(job: Any) -> str | None:
+    """Where the service uploaded a job's TensorBoard folder (``S3OutputPath/JOB/tensorboard-output``), or None."""
+    config = getattr(job, "tensor_board_output_config", None)
+    path = getattr(config, "s3_output_path", None) if config is not None else None
+    return f"{path.rstrip('/')}/{job.training_job_name}/tensorboard-output" if isinstance(path, str) and path else None
 
 
 def download_and_extract(session: Any, s3_uri: str, dest: str | Path) -> Path:

@@ -470,6 +470,8 @@ class TrainingJobs:
         reader = threading.Thread(target=read, name=f"log-{run.name}", daemon=True)
         reader.start()
         started, synced, seen = time.monotonic(), time.monotonic(), {}  # type: ignore[var-annotated]
+        tb_dir, tb_uri = tensorboard_local_path(run.params, layout["root"]), tensorboard_uri(run.params, run.name)
+        tb_seen: dict[str, float] = {}
         try:
             while proc.poll() is None:
                 if max_runtime and run.trained_s + time.monotonic() - started > max_runtime and not run.stop.is_set():
@@ -480,8 +482,11 @@ class TrainingJobs:
                 if run.stop.is_set() or run.interrupt.is_set():  # a spot interruption gives a notice too
                     _terminate(proc, self.stop_grace_s)
                     break
-                if checkpoint_uri and time.monotonic() - synced > CHECKPOINT_SYNC_S:
-                    storage.sync_up(layout["checkpoints"], checkpoint_uri, seen)
+                if time.monotonic() - synced > CHECKPOINT_SYNC_S:  # the service uploads both as the job runs
+                    if checkpoint_uri:
+                        storage.sync_up(layout["checkpoints"], checkpoint_uri, seen)
+                    if tb_uri and tb_dir is not None and tb_dir.is_dir():
+                        storage.sync_up(tb_dir, tb_uri, tb_seen)
                     synced = time.monotonic()
                 try:
                     proc.wait(timeout=POLL_S)  # returns as soon as the script ends
@@ -497,6 +502,8 @@ class TrainingJobs:
             logf.close()
             if checkpoint_uri:
                 storage.sync_up(layout["checkpoints"], checkpoint_uri, seen)
+            if tb_uri and tb_dir is not None and tb_dir.is_dir():
+                storage.sync_up(tb_dir, tb_uri, tb_seen)
         return proc.returncode, list(tail)
 
 
@@ -571,8 +578,28 @@ def _write_config(params: dict[str, Any], layout: dict[str, Path], channels: Map
                                                      "hosts": hosts}],
                                 "network_interface_name": "eth0"},
     }
+    tensorboard = tensorboard_local_path(params, layout["root"])
+    if tensorboard is not None:  # the container finds LocalPath here (smdebug reads the same file)
+        files["tensorboardoutputconfig.json"] = {"LocalPath": str(tensorboard),
+                                                 "S3OutputPath": params["TensorBoardOutputConfig"]["S3OutputPath"]}
     for fname, content in files.items():
         (layout["config"] / fname).write_text(json.dumps(content))
+
+
+def tensorboard_local_path(params: Mapping[str, Any], root: Path) -> Path | None:
+    """``TensorBoardOutputConfig.LocalPath`` (default ``/opt/ml/output/tensorboard``) inside the job folder."""
+    config = params.get("TensorBoardOutputConfig")
+    if not config:
+        return None
+    local = config.get("LocalPath") or "/opt/ml/output/tensorboard"
+    rel = Path(local).relative_to("/opt/ml") if Path(local).is_relative_to("/opt/ml") else Path(local.lstrip("/"))
+    return root / rel
+
+
+def tensorboard_uri(params: Mapping[str, Any], name: str) -> str | None:
+    """Where the service uploads the job's TensorBoard folder: ``S3OutputPath/JOB/tensorboard-output/``."""
+    config = params.get("TensorBoardOutputConfig")
+    return f"{config['S3OutputPath'].rstrip('/')}/{name}/tensorboard-output" if config else None
 
 
 def _extract(archive: Path, dest: Path) -> None:
@@ -591,7 +618,7 @@ def _fetch_code(uri: str, dest: Path) -> None:
             raise ClientError(f"The source archive {uri} does not exist.") from None
         _extract(archive, dest)
     else:
-        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+        path = Path(uri.removeprefix("file://"))
         if path.is_dir():
             shutil.copytree(path, dest, dirs_exist_ok=True)
         elif path.is_file():
@@ -665,7 +692,7 @@ def _container_command(params: dict[str, Any], name: str, arn: str, layout: dict
     hosts = [f"algo-{i + 1}" for i in range(count)]
     res = params["ResourceConfig"]
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "SM_", "PYTHON", "TRAINING_JOB_", "SAGEMAKER_"))}
+           if not k.startswith(("AWS_", "SM_", "PYTHON", "TRAINING_JOB_", "SAGEMAKER_", "MLFLOW_"))}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     root = layout["root"]
     paths = {"SM_MODEL_DIR": layout["model"], "SM_INPUT_DIR": root / "input", "SM_INPUT_DATA_DIR": layout["data"],

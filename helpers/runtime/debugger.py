@@ -14,9 +14,10 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def _setting(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class Instrumentation:
-    """What the training script records besides the model: the Debugger hook and the profiler.
+    """What the training script records besides the model: the Debugger hook, the profiler and TensorBoard.
 
     Defined once: the entry point's flags (``--debugger``, ``--train-save-interval`` ...) and the
     hyperparameters a job sends (:meth:`hyperparameters`) are derived from these fields.
@@ -45,6 +46,8 @@ class Instrumentation:
     profiler_interval_ms: int = _setting(500, "system sampling interval (system_monitor_interval_millis)")
     profile_skip: int = _setting(5, "steps before the torch.profiler window")
     profile_steps: int = _setting(5, "steps traced by torch.profiler")
+    tensorboard: bool = _setting(False, "write TensorBoard event files (always on when the job has a "
+                                        "TensorBoardOutputConfig)")
 
     def __post_init__(self) -> None:
         for name in ("train_save_interval", "eval_save_interval", "profiler_interval_ms", "profile_steps"):
@@ -59,7 +62,7 @@ class Instrumentation:
         return asdict(self)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "Instrumentation":
+    def from_mapping(cls, values: Mapping[str, Any]) -> Instrumentation:
         """The settings among ``values`` (parsed flags, a notebook's parameters); other keys are ignored."""
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 

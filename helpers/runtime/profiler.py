@@ -67,11 +67,11 @@ class SystemSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="system-sampler", daemon=True)
 
-    def __enter__(self) -> "SystemSampler":
+    def __enter__(self) -> SystemSampler:
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -178,6 +178,22 @@ def torch_profile(out_dir: Path, device: Any, skip: int = 5, active: int = 5) ->
 
     return profile(activities=activities, schedule=schedule(wait=max(0, skip - 1), warmup=1, active=active, repeat=1),
                    on_trace_ready=ready, record_shapes=False)
+
+
+def share_trace(prof_dir: Path, logdir: Path) -> Path | None:
+    """The torch.profiler trace, also in a TensorBoard log folder as ``HOST.pt.trace.json`` (the name TensorBoard's
+    PyTorch profiler plugin looks for; Perfetto and chrome://tracing open the same file). A hard link where it can."""
+    trace = prof_dir / TRACE_FILE
+    if not trace.is_file():
+        return None
+    dest = logdir / f"{os.environ.get('SM_CURRENT_HOST', 'algo-1')}.{time.time_ns()}.pt.trace.json"
+    try:
+        os.link(trace, dest)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(trace, dest)
+    return dest
 
 
 def process_start_time() -> float:

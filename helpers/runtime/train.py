@@ -43,6 +43,7 @@ from helpers.runtime.presets import Preprocessing, decode_transform, eval_transf
 from helpers.runtime.progress import bar
 from helpers.runtime.settings import (TrainConfig, TrainingError, add_dataclass_flags,  # noqa: F401 - API
                                       str2bool, usable_cores)
+from helpers.runtime.tracking import MlflowRun, TensorBoardLog, tensorboard_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class JobPaths:
     model_dir: Path
     output_dir: Path
     checkpoint_dir: Path | None
+    tensorboard: Path | None = None  # event files (tracking.tensorboard_dir); None: no TensorBoard
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ def resolve_paths(args: argparse.Namespace, env: Mapping[str, str]) -> JobPaths:
     if not model_dir:
         raise TrainingError("No model folder: pass --model-dir DIR or set SM_MODEL_DIR.")
     output_dir = args.output_dir or env.get("SM_OUTPUT_DATA_DIR") or str(Path(model_dir).parent / "output")
-    return JobPaths(train, valid, test, Path(model_dir), Path(output_dir), checkpoint_dir(args.checkpoint_dir, env))
+    return JobPaths(train, valid, test, Path(model_dir), Path(output_dir), checkpoint_dir(args.checkpoint_dir, env),
+                    tensorboard_dir(env, Path(output_dir), bool(getattr(args, "tensorboard", False))))
 
 
 def checkpoint_dir(flag: str | None, env: Mapping[str, str]) -> Path | None:
@@ -725,10 +728,10 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss()
-    with _instruments(instruments, paths.output_dir, trained, criterion, cfg, device, loader_workers,
-                      isinstance(collate, NormalizeBatch), dinfo) as (hook, timer, prof):
+    with _instruments(instruments, paths, trained, criterion, cfg, device, loader_workers,
+                      isinstance(collate, NormalizeBatch), dinfo) as (hook, timer, prof, tb):
         run = _Run(model, trained, net, criterion, optimizer, scaler, amp_dtype, loaders, classes, mcfg, device, hook,
-                   timer, prof, data_id)
+                   timer, prof, data_id, tb)
         return _train(cfg, paths, dinfo, run, state, ckpt_path, started, on_epoch, emit, write_artifacts)
 
 
@@ -751,17 +754,21 @@ class _Run:
     timer: Any
     prof: Any
     data_id: dict[str, Any]  # what the checkpoints say they were trained on (data_identity)
+    tb: TensorBoardLog | None = None
 
 
 @contextlib.contextmanager
-def _instruments(inst: Instrumentation, output_dir: Path, trained: nn.Module, criterion: nn.Module, cfg: TrainConfig,
+def _instruments(inst: Instrumentation, paths: JobPaths, trained: nn.Module, criterion: nn.Module, cfg: TrainConfig,
                  device: torch.device, workers: int, image_cache: bool, dinfo: DistInfo):
-    """Start the hook and the profiler (rank 0) and always stop them, so a crash keeps what they wrote."""
+    """Start the hook, the profiler and TensorBoard (rank 0) and always stop them, so a crash keeps what they wrote."""
     from helpers.runtime import profiler
 
-    hook = timer = prof = sampler = None
+    hook = timer = prof = sampler = tb = None
+    output_dir = paths.output_dir
     prof_dir = output_dir / "profiler"
     try:
+        if paths.tensorboard is not None and dinfo.is_main:
+            tb = TensorBoardLog(paths.tensorboard, trained)
         if inst.profiler and dinfo.is_main:
             prof_dir.mkdir(parents=True, exist_ok=True)
             meta = {"cores": usable_cores(),
@@ -780,10 +787,13 @@ def _instruments(inst: Instrumentation, output_dir: Path, trained: nn.Module, cr
         if inst.debugger and dinfo.is_main:
             hook = debugger.make_hook(output_dir / debugger.TENSORS_DIR, trained, criterion, inst,
                                       frozen_body=cfg.freeze_backbone and not cfg.uses_feature_cache)
-        yield hook, timer, prof
+        yield hook, timer, prof, tb
     finally:
         if prof is not None:
             prof.stop()
+        if tb is not None:
+            tb.close()
+            profiler.share_trace(prof_dir, tb.logdir)
         if sampler is not None:
             sampler.stop()
         if timer is not None:
@@ -796,7 +806,7 @@ def _instruments(inst: Instrumentation, output_dir: Path, trained: nn.Module, cr
             hook.close()
 
 
-def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: "_Run", state: dict[str, Any] | None,
+def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: _Run, state: dict[str, Any] | None,
            ckpt_path: Path | None, started: float, on_epoch: Callable[[int, dict[str, Any]], None] | None,
            emit: Callable[[str], None], write_artifacts: bool) -> FitResult:
     """The epochs, early stopping, checkpoints, the final evaluation and the artifact (see :func:`fit`)."""
@@ -834,6 +844,8 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: "_Run", stat
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "valid_loss": va["loss"],
                "valid_accuracy": va["accuracy"], "seconds": time.perf_counter() - t0}
         result.history.append(row)
+        if run.tb is not None:
+            run.tb.epoch(epoch, row)
         if va["loss"] < best_loss:
             best_loss, bad_epochs, result.best_epoch = va["loss"], 0, epoch
             best_state = {k: v.detach().clone() for k, v in run.trained.state_dict().items()}
@@ -874,6 +886,11 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: "_Run", stat
         emit(format_metrics("valid", "best", loss=va["loss"], accuracy=va["accuracy"]))
         if result.test is not None:
             emit(format_metrics("test", "final", loss=result.test["loss"], accuracy=result.test["accuracy"]))
+        if run.tb is not None:
+            final = {"loss/best_valid": va["loss"], "accuracy/best_valid": va["accuracy"]}
+            if result.test is not None:
+                final |= {"loss/test": result.test["loss"], "accuracy/test": result.test["accuracy"]}
+            run.tb.scalars(final, result.best_epoch or 0)
     result.seconds = time.perf_counter() - started
     if dinfo.is_main and write_artifacts:
         save_model(run.model.cpu(), run.mcfg, paths.model_dir)
@@ -955,16 +972,40 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if dinfo.enabled:
         backend = "nccl" if torch.cuda.is_available() and env.get("SM_NUM_GPUS", "1") != "0" else "gloo"
         dist.init_process_group(backend)
+    tracker = MlflowRun(env if dinfo.is_main else {}, emit=lambda line: print(line, flush=True))
+    tracker.start({**cfg.to_dict(), **inst.hyperparameters()})
+    status = "FAILED"
     try:
-        fit(cfg, paths, dinfo=dinfo, env=env, restart=args.restart, instruments=inst)
+        result = fit(cfg, paths, dinfo=dinfo, env=env, restart=args.restart, instruments=inst,
+                     on_epoch=tracker.log_epoch)
+        track_result(tracker, result, paths)
+        status = "FINISHED"
     except (TrainingError, ModelError) as e:  # a clear reason, never a traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
         write_failure(env, str(e))
         return 2
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
+        tracker.end(status)
         if dinfo.enabled and dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def track_result(tracker: MlflowRun, result: FitResult, paths: JobPaths) -> None:
+    """The final numbers and the job's files on its MLflow run (the rules' and the profiler's reports, and the
+    confusion matrix, are added by whoever computes them: :func:`helpers.tracking.log_to_job_run`)."""
+    final = {"best_epoch": result.best_epoch, "epochs_trained": len(result.history), "seconds_total": result.seconds}
+    if result.best_valid:
+        final |= {"best_valid_loss": result.best_valid["loss"], "best_valid_accuracy": result.best_valid["accuracy"]}
+    if result.test:
+        final |= {"test_loss": result.test["loss"], "test_accuracy": result.test["accuracy"]}
+    tracker.log_metrics(final)
+    tracker.log_artifacts([paths.model_dir / "model_config.json", paths.output_dir / "metrics.json"])
+    prof = paths.output_dir / "profiler"
+    tracker.log_artifacts([prof / "top_ops.json", prof / "meta.json"], "profiler")
 
 
 if __name__ == "__main__":

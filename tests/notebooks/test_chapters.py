@@ -7,9 +7,9 @@ import nbformat
 import papermill
 import pytest
 
-from helpers import book, cleanup, session
-from helpers.ledger import Ledger
+from helpers import book, cleanup, session, tracking
 from helpers.config import ConfigError, RunConfig
+from helpers.ledger import Ledger
 from helpers.manifest import Manifest, ManifestError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,9 +181,20 @@ def test_chapter_02_tunes_another_backbone(tmp_path):
     assert set(rec["hyperparameters"]) == {"lr", "batch_size", "epochs"} and rec["trials"] == 4
     assert rec["objective"]["metric"] == "valid:accuracy"
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # history, by parameter, parallel coordinates
     text = "".join(o.get("text", "") for o in outputs)
     assert "The best of 4 trials reached valid:accuracy" in text
+    assert "with 4 child runs; every state and objective agrees with the tuning job." in text
+    # The store: a parent run per tuning job, a child run per trial with its epochs and system metrics
+    cfg = RunConfig(work_dir=str(tmp_path / "work"), dataset="synthetic")
+    client = tracking.client(cfg)
+    exp = tracking.experiment_id(client, cfg)
+    parents = client.search_runs([exp], filter_string="tags.`sagebook.kind` = 'tuning'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trials = tracking.trial_runs(client, exp, parents[0].info.run_id, ("lr", "batch_size", "epochs"))
+    assert len(trials) == 4 and set(trials.state) <= {"COMPLETE", "PRUNED"}
+    done = trials[trials.state == "COMPLETE"]
+    assert (done.epochs_run == done.epochs).all() and (trials.system_metrics > 0).all()
     assert ": Completed, Starting -> Downloading -> Training -> Uploading -> Completed" in text  # the best trial
 
 
@@ -215,6 +226,24 @@ def test_chapter_03_trains_under_debugger_and_profiler(tmp_path):
     for rule in ("vanishing_gradient", "class_imbalance", "LowGPUUtilization", "MaxInitializationTime"):
         assert rule in html
     assert "INFO" not in text  # smdebug's chatter stays out of the book
+    assert not [o for o in outputs if o.get("name") == "stderr"]  # nor MLflow's, nor a warning
+    # The job's MLflow run: its epochs, system metrics, final numbers, and what the chapter added
+    cfg = RunConfig(work_dir=str(tmp_path / "work"), dataset="synthetic")
+    client = tracking.client(cfg)
+    run = tracking.job_run(client, tracking.experiment_id(client, cfg), rec["job"])
+    assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.01"
+    assert list(tracking.epoch_curves(client, run.info.run_id).index) == [1, 2]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(rec["test_accuracy"], abs=1e-6)
+    assert any(k.startswith("system/cpu") for k in run.data.metrics)
+    assert run.data.tags["sagemaker.training_job_url"].endswith(f"#/jobs/{rec['job']}")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "analysis")}
+    assert {"analysis/confusion_matrix.png", "analysis/debugger_rules.json", "analysis/profiler_rules.json",
+            f"analysis/{Path(rec['profiler_report']).name}"} <= artifacts
+    assert {"model_config.json", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    # TensorBoard: event files and the profiler trace, uploaded from TensorBoardOutputConfig's LocalPath
+    tb = tmp_path / "work" / "jobs" / rec["job"] / "tensorboard"
+    assert list(tb.glob("events.out.tfevents.*")) and list(tb.glob("*.pt.trace.json"))
+    assert "1 event file(s) and 1 profiler trace(s)" in text
 
 
 def test_publish_puts_reports_where_the_build_copies_them(tmp_path, monkeypatch):
