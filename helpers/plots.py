@@ -188,16 +188,10 @@ def epochs_and_steps(curves, steps: dict) -> Figure:
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.set_title("Per epoch (MLflow run)")
-    tsteps, tvalues = steps.get("train", ([], []))
-    right.plot(tsteps, tvalues, lw=1, color=SPLIT_COLORS["train"], label="train")
-    vsteps, vvalues = steps.get("valid", ([], []))
-    if vsteps:
-        right.scatter(vsteps, vvalues, s=6, color=SPLIT_COLORS["valid"], alpha=0.5, label="valid (per batch)")
-    right.set_xlabel("step")
+    _draw_step_losses(right, steps)
     right.set_title("Per saved step (Debugger trial)")
-    for ax in (left, right):
-        ax.legend(frameon=False, fontsize=8)
-        ax.spines[["top", "right"]].set_visible(False)
+    left.legend(frameon=False, fontsize=8)
+    left.spines[["top", "right"]].set_visible(False)
     return fig
 
 
@@ -261,10 +255,17 @@ def step_times(steps: list[dict]) -> Figure:
 
 def loss_per_step(curves: dict) -> Figure:
     """Training loss per saved step, and validation loss per batch with its mean per evaluation."""
-    import numpy as np
-
     fig = Figure(figsize=(8, 3.4), layout="tight")
     ax = fig.subplots()
+    _draw_step_losses(ax, curves)
+    ax.set_ylabel("CrossEntropyLoss_output_0")
+    ax.set_title("Loss per step (Debugger trial)")
+    return fig
+
+
+def _draw_step_losses(ax, curves: dict) -> None:
+    import numpy as np
+
     steps, values = curves.get("train", ([], []))
     ax.plot(steps, values, lw=1, label="train")
     vsteps, vvalues = curves.get("valid", ([], []))
@@ -275,11 +276,8 @@ def loss_per_step(curves: dict) -> Figure:
         ax.plot([vsteps[g[-1]] for g in groups], [float(np.mean(np.asarray(vvalues)[g])) for g in groups],
                 marker="o", color="#d62728", lw=1.5, label="valid (mean per evaluation)")
     ax.set_xlabel("step")
-    ax.set_ylabel("CrossEntropyLoss_output_0")
-    ax.set_title("Loss per step (Debugger trial)")
     ax.legend(frameon=False, fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
-    return fig
 
 
 def gradient_norms(norms: dict) -> Figure:

@@ -461,3 +461,29 @@ def test_a_spot_interruption_restarts_the_job_from_its_checkpoint(local_sagemake
     assert [row["epoch"] for row in metrics_json["history"]] == list(range(1, 9))  # none lost, none repeated
     with pytest.raises(Exception, match="not training"):  # and a finished job cannot be interrupted
         local_sagemaker.training.interrupt("spot-1", "us-east-1")
+
+
+TENSORBOARD = '''import json, os
+config = json.load(open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], "tensorboardoutputconfig.json")))
+os.makedirs(config["LocalPath"], exist_ok=True)
+open(os.path.join(config["LocalPath"], "events.out.tfevents.1"), "w").write("scalars")
+print("mlflow", json.dumps({k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}))
+'''
+
+
+def test_tensorboard_output_config_is_uploaded_and_the_notebooks_mlflow_settings_stay_out(
+        local_sagemaker, clients, tmp_path, monkeypatch):
+    sm, s3 = clients
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/the-notebooks-own.db")  # not the job's: the service
+    submit = put_sourcedir(s3, write_script(tmp_path / "src", TENSORBOARD))  # would never see it
+    req = job_request("tb-1", submit, TensorBoardOutputConfig={"S3OutputPath": f"s3://{BUCKET}/tb"},
+                      Environment={"MLFLOW_EXPERIMENT_NAME": "mine"})
+    sm.create_training_job(**req)
+    assert wait(sm, "tb-1")["TrainingJobStatus"] == "Completed"
+    local_path = json.loads((local_sagemaker.work_dir / "emulator" / "training" / "tb-1" / "input" / "config" /
+                             "tensorboardoutputconfig.json").read_text())["LocalPath"]
+    assert local_path.endswith("tb-1/output/tensorboard")  # /opt/ml/output/tensorboard, in the job's folder
+    obj = s3.get_object(Bucket=BUCKET, Key="tb/tb-1/tensorboard-output/events.out.tfevents.1")  # the SDK's path
+    assert obj["Body"].read() == b"scalars"
+    lines = log_lines(local_sagemaker, "tb-1")
+    assert json.loads(next(x for x in lines if x.startswith("mlflow "))[7:]) == {"MLFLOW_EXPERIMENT_NAME": "mine"}
