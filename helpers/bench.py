@@ -46,8 +46,14 @@ def bench_hpo(cfg: RunConfig, trials: int) -> list[dict[str, Any]]:
     return rows
 
 
+#: The overhead section's variants: the instruments, and whether the job tracks to MLflow (a SQLite store).
+TRACKED = "hook + profiler + MLflow + TensorBoard"
+
+
 def bench_overhead(cfg: RunConfig, epochs: int = 3, rounds: int = 2) -> list[dict[str, Any]]:
-    """Epoch time with the Debugger hook and the profiler (default settings) on vs off, interleaved rounds.
+    """Epoch time with the instruments on vs off, side by side in interleaved rounds: the Debugger hook and the
+    profiler (default settings), then those with MLflow tracking (its system metrics sampled every second) and
+    TensorBoard event files too.
 
     The first epoch carries the one-off costs (creating the hook, the profiler's operator-trace window
     and its export); the later epochs show the cost per step once they run.
@@ -63,15 +69,25 @@ def bench_overhead(cfg: RunConfig, epochs: int = 3, rounds: int = 2) -> list[dic
     root = data.prepare_dataset(cfg, progress=False)
     tc = TrainConfig(backbone=cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, epochs=epochs,
                      patience=0, use_feature_cache=False, batch_size=32)
-    variants = {"off": Instrumentation(), "hook + profiler": Instrumentation(debugger=True, profiler=True)}
+    from helpers.runtime.tracking import MlflowRun
+
+    variants = {"off": Instrumentation(), "hook + profiler": Instrumentation(debugger=True, profiler=True),
+                TRACKED: Instrumentation(debugger=True, profiler=True, tensorboard=True)}
     first: dict[str, list[float]] = {k: [] for k in variants}
     later: dict[str, list[float]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory(prefix="sagebook-bench-") as tmp:
         for r in range(rounds):
             for label, inst in variants.items():
                 out = Path(tmp) / f"{label.replace(' ', '')}-{r}"
-                paths = JobPaths(root / "train", root / "valid", None, out / "model", out / "output", None)
-                res = fit(tc, paths, instruments=inst, emit=lambda line: None, write_artifacts=False)
+                paths = JobPaths(root / "train", root / "valid", None, out / "model", out / "output", None,
+                                 out / "tensorboard" if inst.tensorboard else None)
+                tracker = MlflowRun({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+                                     "TRAINING_JOB_NAME": f"bench-{r}"} if inst.tensorboard else {},
+                                    emit=lambda line: None)
+                tracker.start(tc.to_dict())  # creating the store happens here, before the timed epochs
+                res = fit(tc, paths, instruments=inst, emit=lambda line: None, write_artifacts=False,
+                          on_epoch=tracker.log_epoch)
+                tracker.end()
                 first[label].append(res.history[0]["seconds"])
                 later[label] += [h["seconds"] for h in res.history[1:]]
     base_first, base_later = statistics.median(first["off"]), statistics.median(later["off"])
@@ -622,6 +638,10 @@ def findings(results: dict[str, Any], judge: bool = True) -> list[str]:
         lines.append(f"Debugger hook + profiler: {r['overhead_pct']:+.1f}% step time once running"
                      f"{goal('under 10%', r['overhead_pct'] < 10)}; {r['first_epoch_overhead_pct']:+.1f}% on the first "
                      "epoch, which sets them up and exports the operator trace.")
+    if TRACKED in over:
+        r = over[TRACKED]
+        lines.append(f"With MLflow tracking (system metrics every second) and TensorBoard histograms as well: "
+                     f"{r['overhead_pct']:+.1f}% step time once running{goal('under 10%', r['overhead_pct'] < 10)}.")
     steps = [r for r in results.get("hardware") or [] if r["measure"].startswith("training step")]
     if len(steps) == 2:
         seed, ours = steps
@@ -716,7 +736,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     h.add_argument("--dataset", default="digits")
     h.add_argument("--backbone", default="resnet18")
     h.add_argument("--image-size", type=int, default=0)
-    o = sub.add_parser("overhead", help="epoch time with the Debugger hook and the profiler on vs off")
+    o = sub.add_parser("overhead", help="epoch time with the hook, the profiler, MLflow and TensorBoard on vs off")
     o.add_argument("--epochs", type=int, default=3)
     o.add_argument("--rounds", type=int, default=2)
     o.add_argument("--dataset", default="digits")
@@ -767,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Hyperparameter tuning, {args.trials} trials, {cfg.backbone} on {cfg.dataset} at {cfg.image_size}px:")
     else:
         rows = bench_overhead(cfg, args.epochs, args.rounds)
-        print(f"Debugger hook + profiler overhead, {cfg.backbone} on {cfg.dataset} at {cfg.image_size}px, "
+        print(f"Instrument overhead (hook, profiler, MLflow, TensorBoard), {cfg.backbone} on {cfg.dataset} at {cfg.image_size}px, "
               f"{args.rounds} interleaved rounds of {args.epochs} epochs (target: under 10%):")
     print_table(rows)
     if args.json:
