@@ -37,10 +37,12 @@ def test_quick_benchmark_json_has_every_section(tmp_path):
     assert floor > 0 and all(r["p50_vs_floor"] == pytest.approx(r["p50_ms"] / floor) for r in serving)
     assert all(r["req_per_s"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in serving)
     over = {r["variant"]: r for r in doc["overhead"]}
-    assert over["hook + profiler"]["overhead_pct"] == pytest.approx(
-        100 * (over["hook + profiler"]["median_later_epoch_s"] / over["off"]["median_later_epoch_s"] - 1))
-    assert over["hook + profiler"]["first_epoch_overhead_pct"] == pytest.approx(
-        100 * (over["hook + profiler"]["first_epoch_s"] / over["off"]["first_epoch_s"] - 1))
+    assert list(over) == ["off", "hook + profiler", bench.TRACKED]
+    for variant in ("hook + profiler", bench.TRACKED):
+        assert over[variant]["overhead_pct"] == pytest.approx(
+            100 * (over[variant]["median_later_epoch_s"] / over["off"]["median_later_epoch_s"] - 1))
+        assert over[variant]["first_epoch_overhead_pct"] == pytest.approx(
+            100 * (over[variant]["first_epoch_s"] / over["off"]["first_epoch_s"] - 1))
     hw = doc["hardware"]
     limits = {r["precision"]: r["gflop_per_s"] for r in hw if r["measure"].startswith("matmul")}
     assert limits["float32"] > 0 and len(hw) == len(limits) + 2
