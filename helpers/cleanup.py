@@ -119,12 +119,14 @@ class _Objects:
 
 
 def _job_folders(d: dict[str, Any]) -> list[str]:
-    """What the service wrote for a training job (its DescribeTrainingJob): output, and checkpoints (the entry
-    point keeps a job's own in a folder named after it)."""
+    """What the service wrote for a training job (its DescribeTrainingJob): output, checkpoints (the entry
+    point keeps a job's own in a folder named after it) and TensorBoard's folder."""
     name = d["TrainingJobName"]
     folders = [f"{d['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{name}/"]
     if d.get("CheckpointConfig", {}).get("S3Uri"):
         folders.append(f"{d['CheckpointConfig']['S3Uri'].rstrip('/')}/{name}/")
+    if d.get("TensorBoardOutputConfig", {}).get("S3OutputPath"):
+        folders.append(f"{d['TensorBoardOutputConfig']['S3OutputPath'].rstrip('/')}/{name}/")
     return folders
 
 
