@@ -200,7 +200,17 @@ def run(params: dict[str, Any], only: Sequence[str] | None = None, *, do_build: 
     for nb in all_chapters:
         if not (out_dir / nb.name).exists():
             stub_unexecuted(nb, out_dir)
+    if do_build and any(nb.name.startswith("02") for nb in selected):
+        print(" ", mlflow_screenshot(params, out_dir), flush=True)
     return runs, build(notebooks.parent) if do_build else None
+
+
+def mlflow_screenshot(params: dict[str, Any], out_dir: Path = BOOK) -> str:
+    """MLflow's UI over the run's store, as chapter 2 shows it (``_assets/mlflow-ui.png``)."""
+    from helpers import tracking
+
+    cfg = RunConfig.from_mapping(params)
+    return tracking.book_screenshot(cfg, out_dir / EXTRA / "_assets" / tracking.UI_SHOT)
 
 
 def _write_timings(path: Path, params: dict[str, Any], runs: list[ChapterRun]) -> None:

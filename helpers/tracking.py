@@ -17,13 +17,14 @@ including trials that stopped before their script could say anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,127 @@ def ui_command(cfg: Any, port: int = 5000) -> str:
     work = Path(cfg.work_dir).resolve()
     shown = os.path.relpath(work, ROOT) if work.is_relative_to(ROOT) else str(work)
     return f"mlflow ui --backend-store-uri sqlite:///{shown}/{STORE_DIR}/mlflow.db --host 127.0.0.1 --port {port}"
+
+
+# --------------------------------------------------------------------------------------------------
+# MLflow's own UI, in a browser
+
+
+UI_SHOT = "mlflow-ui.png"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def serve_ui(cfg: Any, timeout_s: float = 180.0) -> Iterator[str]:
+    """``mlflow ui`` over the local store on a free loopback port, for as long as the block runs; its URL.
+
+    It starts a process group (uvicorn, MLflow's job runner and its consumers), ended by its PID at the end.
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = local_store(cfg.work_dir)[0]
+    exe = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(exe), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow ui did not answer on {url} within {timeout_s:.0f} s "
+                                   f"(exit code {proc.poll()})")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def ui_tuning_view(cfg: Any, parent_run_name: str, shot: Path, chromium: str = "/usr/bin/chromium",
+                   columns: tuple[str, ...] = (OBJECTIVE,)) -> list[str]:
+    """Open the experiment in MLflow's UI in Chromium, expand the tuning job's parent run, show ``columns``,
+    save a screenshot to ``shot``; returns the text of each row of the runs table, in order."""
+    from playwright.sync_api import sync_playwright
+
+    with serve_ui(cfg) as url, sync_playwright() as p:
+        exp = experiment_id(client(cfg), cfg)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 760})
+            page.goto(f"{url}/#/experiments/{exp}/runs", wait_until="load")
+            parent = page.locator("[role=gridcell]", has_text=parent_run_name).first
+            parent.wait_for(timeout=90_000)
+            parent.locator("button").first.click()  # expand: the trials are nested under it
+            page.locator("[role=gridcell]", has_text=f"{parent_run_name}-").first.wait_for(timeout=30_000)
+            for name in columns:
+                page.get_by_role("button", name="Columns").click()
+                page.locator("[role=dialog], [role=menu]").first.get_by_text(name, exact=True).click()
+                page.keyboard.press("Escape")
+            with contextlib.suppress(Exception):  # the assistant panel takes a third of the page
+                page.get_by_role("button", name="Close").first.click(timeout=2000)
+            page.wait_for_timeout(800)
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot))
+            cells = page.eval_on_selector_all(  # ag-grid splits each row into a pinned and a scrolling part
+                ".ag-pinned-left-cols-container [role=row], .ag-center-cols-container [role=row]",
+                "els => els.map(e => [e.getAttribute('row-index'), e.innerText.replace(/\\s+/g, ' ').trim()])")
+        finally:
+            browser.close()
+    rows: dict[int, str] = {}
+    for index, text in cells:
+        rows[int(index)] = f"{rows[int(index)]} | {text}" if int(index) in rows else text
+    return [rows[i] for i in sorted(rows)]
+
+
+def latest_tuning_run(mlflow_client: Any, exp_id: str) -> Any | None:
+    """The most recent tuning job's parent run in the experiment, or None."""
+    runs = mlflow_client.search_runs([exp_id], filter_string="tags.`sagebook.kind` = 'tuning'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def book_screenshot(cfg: Any, dest: Path) -> str:
+    """``dest``: MLflow's UI showing the latest tuning job and its trials, for the book; a placeholder that says
+    why when it cannot be taken (no Chromium or Playwright, no tuning run). Returns what it did, in a line."""
+    reason = None
+    try:
+        if cfg.backend != "local":
+            reason = "the runs are on the SageMaker tracking server; open its UI from SageMaker Studio"
+        else:
+            parent = latest_tuning_run(client(cfg), experiment_id(client(cfg), cfg))
+            if parent is None:
+                reason = "no tuning job is tracked yet: run chapter 2"
+            else:
+                rows = ui_tuning_view(cfg, parent.info.run_name, dest)
+                return f"MLflow UI: {len(rows)} rows (the tuning job's parent run and its trials) -> {dest.name}"
+    except Exception as e:  # noqa: BLE001 - the book builds without it, and says why
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (1500, 120), "white")
+    ImageDraw.Draw(img).text((20, 40), f"No screenshot of MLflow's UI in this build ({reason}). Open it with: "
+                             f"{ui_command(cfg)}", fill="black")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.save(dest)
+    return f"MLflow UI: no screenshot ({reason}); a placeholder says so"

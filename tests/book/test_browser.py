@@ -97,3 +97,30 @@ def test_profiler_report_opens_from_chapter_3_with_its_charts(browser):
     assert charts >= 2
     page.close()
     report.close()
+
+
+def test_mlflow_ui_lists_the_tuning_jobs_parent_run_and_its_trials_with_their_objective(browser):
+    """The real UI (``mlflow ui`` over the book's store) in Chromium, as chapter 2's screenshot shows it."""
+    import re
+
+    from helpers import tracking
+    from helpers.config import RunConfig
+
+    cfg = RunConfig()  # the book's own run: its work folder is this test session's
+    client = tracking.client(cfg)
+    exp = tracking.experiment_id(client, cfg)
+    parent = tracking.latest_tuning_run(client, exp)
+    trials = tracking.trial_runs(client, exp, parent.info.run_id, ())
+    rows = tracking.ui_tuning_view(cfg, parent.info.run_name, SHOTS / "mlflow-ui.png", chromium=CHROMIUM)
+    assert parent.info.run_name in rows[0] and len(rows) == 1 + len(trials) and len(trials) >= 4
+    for trial in trials.itertuples():
+        row = next(r for r in rows[1:] if trial.job in r)
+        if trial.value != trial.value:  # NaN: a trial that failed before reporting shows "-"
+            continue
+        shown = float(re.findall(r"\d+\.\d+|\d+", row)[-1])  # the objective column, the last on the row
+        assert shown == pytest.approx(trial.value, abs=1e-3), row
+    # and the book shows the screenshot the build took, not the placeholder
+    page, _ = visit(browser, (HTML / "book" / "02_hpo.html").as_uri(), "chapter-2")
+    size = page.eval_on_selector("img[src$='mlflow-ui.png']", "e => [e.naturalWidth, e.naturalHeight]")
+    assert size[0] >= 1000 and size[1] >= 500, size
+    page.close()
