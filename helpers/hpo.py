@@ -11,6 +11,7 @@ trains the head on backbone features computed once (:mod:`helpers.runtime.train`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from helpers.config import RunConfig
+from helpers.runtime.fileio import file_lock
 from helpers.runtime.metrics import OBJECTIVE_METRIC, OBJECTIVE_TYPE
 from helpers.runtime.settings import TrainConfig
 
@@ -153,17 +155,20 @@ HEARTBEAT_S, GRACE_S = 5, 15
 
 
 def _rdb_storage(optuna: Any, url: str, attempts: int = 5) -> Any:
-    """Optuna's RDB storage with heartbeats. Two runs that open a new SQLite file at once both create its
-    tables, and the second fails with "already exists": it simply opens it again."""
-    from sqlalchemy.exc import OperationalError
+    """Optuna's RDB storage with heartbeats. Two runs that open a new SQLite file at once would both create its
+    tables (one then fails with "already exists", or on alembic's version row): creating it takes a lock on
+    a file beside the database, and a failure of that kind still just opens it again."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
+    lock_path = Path(url.removeprefix("sqlite:///") + ".lock") if url.startswith("sqlite:///") else None
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                              engine_kwargs={"connect_args": {"timeout": 60}}
-                                              if url.startswith("sqlite") else {})
-        except OperationalError as e:
-            if "already exists" not in str(e) or attempt == attempts - 1:
+            with file_lock(lock_path) if lock_path else contextlib.nullcontext():
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                                  engine_kwargs={"connect_args": {"timeout": 60}}
+                                                  if url.startswith("sqlite") else {})
+        except (OperationalError, IntegrityError) as e:
+            if not ("already exists" in str(e) or "alembic_version" in str(e)) or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")

@@ -1,13 +1,14 @@
-"""Small filesystem primitives shared by every stage: atomic writes and content hashes."""
+"""Small filesystem primitives shared by every stage: atomic writes, content hashes and file locks."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
@@ -60,3 +61,22 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256", chunk_s
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (created if missing) across processes and threads; none where
+    ``fcntl`` is missing (Windows), where at worst two writers do the same work."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -35,7 +35,7 @@ from torch.utils.data.dataloader import default_collate
 
 from helpers.runtime import debugger
 from helpers.runtime.debugger import Instrumentation
-from helpers.runtime.fileio import atomic_write, atomic_write_json, remove_stale_temp_files
+from helpers.runtime.fileio import atomic_write, atomic_write_json, file_lock, remove_stale_temp_files
 from helpers.runtime.layout import find_split_dir, is_image
 from helpers.runtime.metrics import format_metrics
 from helpers.runtime.models import ModelConfig, ModelError, TransferModel, build_body, make_head, save_model
@@ -410,21 +410,9 @@ def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]],
         return _compute_features(body, split, samples, cfg, prep, device, workers, amp_dtype, path if write else None)
 
 
-@contextlib.contextmanager
-def _cache_lock(path: Path) -> Iterator[None]:
+def _cache_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on ``path``'s cache entry across processes (none where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock, at worst two jobs compute the same features
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock(path.with_name(path.name + ".lock"))
 
 
 def _compute_features(body: nn.Module, split: str, samples: list[tuple[str, int]], cfg: TrainConfig,
