@@ -39,6 +39,8 @@ PARENT_TAG = "mlflow.parentRunId"
 SYSTEM_METRICS_INTERVAL_S = 1.0
 TENSORBOARD_CONFIG = "tensorboardoutputconfig.json"  # what SageMaker writes into /opt/ml/input/config
 TENSORBOARD_DEFAULT = "/opt/ml/output/tensorboard"
+HISTOGRAM_BINS = 64
+HISTOGRAM_SAMPLE = 1 << 16  # values binned per tensor, at most
 
 
 def console_url(job_arn: str) -> str:
@@ -229,9 +231,27 @@ class TensorBoardLog:
             if not p.requires_grad:
                 continue
             kind = "biases" if name.endswith("bias") else "weights"
-            self.writer.add_histogram(f"{kind}/{name}", p.detach().float().cpu(), step)
+            self.histogram(f"{kind}/{name}", p.detach(), step)
             if p.grad is not None:
-                self.writer.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), step)
+                self.histogram(f"gradients/{name}", p.grad.detach(), step)
+
+    def histogram(self, tag: str, values: Any, step: int, bins: int = HISTOGRAM_BINS) -> None:
+        """One histogram, binned by ``torch.histc`` (``add_histogram`` goes through NumPy with ~800 buckets: 1.1 s
+        an epoch for resnet18's weights and gradients on 2 cores). Counts of a tensor larger than
+        :data:`HISTOGRAM_SAMPLE` come from an even subsample, scaled; min, max, sum and count are exact."""
+        import torch
+
+        v = values.float().flatten()
+        lo, hi = v.min().item(), v.max().item()
+        sample = v[:: max(1, v.numel() // HISTOGRAM_SAMPLE)]
+        if hi > lo:
+            counts = torch.histc(sample, bins=bins, min=lo, max=hi) * (v.numel() / sample.numel())
+            limits = torch.linspace(lo, hi, bins + 1)[1:].tolist()
+        else:
+            counts, limits = torch.tensor([float(v.numel())]), [hi]
+        self.writer.add_histogram_raw(tag, min=lo, max=hi, num=v.numel(), sum=v.sum().item(),
+                                      sum_squares=v.dot(v).item(), bucket_limits=limits,
+                                      bucket_counts=counts.tolist(), global_step=step)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for k, v in values.items():
