@@ -230,8 +230,11 @@ def test_chapter_03_trains_under_debugger_and_profiler(tmp_path):
     # The job's MLflow run: its epochs, system metrics, final numbers, and what the chapter added
     cfg = RunConfig(work_dir=str(tmp_path / "work"), dataset="synthetic")
     client = tracking.client(cfg)
-    run = tracking.job_run(client, tracking.experiment_id(client, cfg), rec["job"])
+    exp = tracking.experiment_id(client, cfg)
+    run = tracking.job_run(client, exp, rec["job"])
     assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.01"
+    # the chapter made the experiment before the job: its artifacts live in the store's folder, not the job's
+    assert client.get_experiment(exp).artifact_location == (tmp_path / "work" / "mlflow" / "artifacts").as_uri()
     assert list(tracking.epoch_curves(client, run.info.run_id).index) == [1, 2]
     assert run.data.metrics["test_accuracy"] == pytest.approx(rec["test_accuracy"], abs=1e-6)
     assert any(k.startswith("system/cpu") for k in run.data.metrics)
