@@ -112,7 +112,9 @@ def test_mlflow_ui_lists_the_tuning_jobs_parent_run_and_its_trials_with_their_ob
     parent = tracking.latest_tuning_run(client, exp)
     trials = tracking.trial_runs(client, exp, parent.info.run_id, ())
     rows = tracking.ui_tuning_view(cfg, parent.info.run_name, SHOTS / "mlflow-ui.png", chromium=CHROMIUM)
-    assert parent.info.run_name in rows[0] and len(rows) == 1 + len(trials) and len(trials) >= 4
+    name = parent.info.run_name  # the trials' job names start with it, the final training's does not
+    assert sum(name in r and f"{name}-" not in r for r in rows) == 1  # the parent, expanded
+    assert sum(f"{name}-" in r for r in rows) == len(trials) >= 4  # ... into every trial
     for trial in trials.itertuples():
         row = next(r for r in rows[1:] if trial.job in r)
         if trial.value != trial.value:  # NaN: a trial that failed before reporting shows "-"
