@@ -95,7 +95,8 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
     prefix = cfg.s3_prefix.rstrip("/")
     debugger = str(hyperparameters.get("debugger", False)).lower() == "true"  # smdebug shipped only then
     tracking = bool(environment and "MLFLOW_TRACKING_URI" in environment)  # mlflow shipped only then
-    src = Path(source_dir) if source_dir else stage_source_dir(Path(tempfile.mkdtemp(prefix="sagebook-src-")) / "src",
+    # staged in the work folder (the SDK uploads it when the job starts), replaced by the next trainer of that name
+    src = Path(source_dir) if source_dir else stage_source_dir(cfg.work_path / "source" / base_job_name,
                                                               debugger=debugger, tracking=tracking or tensorboard)
     hyperparameters, channels = weights_channel(session, prefix, hyperparameters)
     trainer = ModelTrainer(

@@ -70,15 +70,36 @@ def test_only_a_debugger_job_ships_smdebug(aws):
     """Tuning trials do not register the hook: their requirements.txt leaves smdebug (and its build) out."""
     cfg, sess, _ = aws
 
-    def requirements(hyperparameters):
+    def requirements(hyperparameters, **kw):
         trainer = sagemaker_jobs.model_trainer(cfg, sess, role=ROLE, hyperparameters=hyperparameters,
-                                               base_job_name="sb-test")
+                                               base_job_name="sb-test", **kw)
+        # staged in the work folder, where it goes with the run, not in a temp folder that nobody removes
+        assert Path(trainer.source_code.source_dir) == Path(cfg.work_dir) / "source" / "sb-test"
         return (Path(trainer.source_code.source_dir) / "requirements.txt").read_text().split()
 
     static = hpo.static_hyperparameters(cfg)
-    assert not [r for r in requirements(static) if r.startswith("smdebug")]
+    assert not [r for r in requirements(static) if r.startswith(("smdebug", "mlflow", "sagemaker-mlflow"))]
     assert "tqdm" in " ".join(requirements(static))
     assert [r for r in requirements({**static, "debugger": True}) if r.startswith("smdebug==")]
+    tracked = requirements(static, environment={"MLFLOW_TRACKING_URI": "arn:aws:sagemaker:us-east-1:111122223333:"
+                                                                       "mlflow-tracking-server/book"})
+    assert {r.split("==")[0] for r in tracked} >= {"mlflow-skinny", "sagemaker-mlflow", "tensorboard"}
+
+
+def test_a_tracked_job_carries_its_environment_and_tensorboard_output(aws):
+    cfg, sess, sent = aws
+    env = {"MLFLOW_TRACKING_URI": "arn:aws:sagemaker:us-east-1:111122223333:mlflow-tracking-server/book",
+           "MLFLOW_EXPERIMENT_NAME": "sagebook"}
+    trainer = sagemaker_jobs.model_trainer(cfg, sess, role=ROLE, hyperparameters={"lr": 0.01},
+                                           base_job_name="sb-final", environment=env, tensorboard=True)
+    trainer.train(input_data_config=sagemaker_jobs.inputs(DATA), wait=False, logs=False)
+    d = sent["CreateTrainingJob"]
+    assert d["Environment"] == env
+    assert d["TensorBoardOutputConfig"] == {"S3OutputPath": "s3://sagebook-test/run/tensorboard",
+                                            "LocalPath": "/opt/ml/output/tensorboard"}
+    job = trainer._latest_training_job
+    assert sagemaker_jobs.tensorboard_output_path(job) == (
+        f"s3://sagebook-test/run/tensorboard/{d['TrainingJobName']}/tensorboard-output")
 
 
 def test_tuning_job_request(aws):
@@ -86,7 +107,9 @@ def test_tuning_job_request(aws):
 
     cfg, sess, sent = aws
     static = hpo.static_hyperparameters(cfg)
-    trainer = sagemaker_jobs.model_trainer(cfg, sess, role=ROLE, hyperparameters=static, base_job_name="sb-hpo")
+    env = {"MLFLOW_TRACKING_URI": "sqlite:////tmp/store.db", "MLFLOW_PARENT_RUN_ID": "p1"}
+    trainer = sagemaker_jobs.model_trainer(cfg, sess, role=ROLE, hyperparameters=static, base_job_name="sb-hpo",
+                                           environment=env)
     tuner = HyperparameterTuner(trainer, objective_metric_name="valid:accuracy", objective_type="Maximize",
                                 metric_definitions=metric_definitions(), hyperparameter_ranges=hpo.sagemaker_ranges(),
                                 max_jobs=6, max_parallel_jobs=2, early_stopping_type="Auto",
@@ -112,6 +135,7 @@ def test_tuning_job_request(aws):
     assert job["CheckpointConfig"]["S3Uri"] == "s3://sagebook-test/run/checkpoints"
     assert {c["ChannelName"] for c in job["InputDataConfig"]} >= {"train", "valid"}
     assert "test" not in {c["ChannelName"] for c in job["InputDataConfig"]}  # never the test split
+    assert job["Environment"] == env  # every trial tracks into the parent run
     try:  # its trials find no data here, so the job may have failed already
         tuner.stop_tuning_job()
     except Exception as e:  # noqa: BLE001
