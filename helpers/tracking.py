@@ -312,35 +312,40 @@ def serve_ui(cfg: Any, timeout_s: float = 180.0) -> Iterator[str]:
 
 
 def ui_tuning_view(cfg: Any, parent_run_name: str, shot: Path, chromium: str = "/usr/bin/chromium",
-                   columns: tuple[str, ...] = (OBJECTIVE,)) -> list[str]:
+                   columns: tuple[str, ...] = (OBJECTIVE,), browser: Any = None) -> list[str]:
     """Open the experiment in MLflow's UI in Chromium, expand the tuning job's parent run, show ``columns``,
-    save a screenshot to ``shot``; returns the text of each row of the runs table, in order."""
-    from playwright.sync_api import sync_playwright
+    save a screenshot to ``shot``; returns the text of each row of the runs table, in order.
 
-    with serve_ui(cfg) as url, sync_playwright() as p:
+    ``browser``: a Playwright browser to open the page in (Playwright's sync API cannot be started twice in
+    one thread); by default one is launched, and closed after.
+    """
+    with serve_ui(cfg) as url, contextlib.ExitStack() as stack:
+        if browser is None:
+            from playwright.sync_api import sync_playwright
+
+            p = stack.enter_context(sync_playwright())
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            stack.callback(browser.close)
         exp = experiment_id(client(cfg), cfg)
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 760})
-            page.goto(f"{url}/#/experiments/{exp}/runs", wait_until="load")
-            parent = page.locator("[role=gridcell]", has_text=parent_run_name).first
-            parent.wait_for(timeout=90_000)
-            parent.locator("button").first.click()  # expand: the trials are nested under it
-            page.locator("[role=gridcell]", has_text=f"{parent_run_name}-").first.wait_for(timeout=30_000)
-            for name in columns:
-                page.get_by_role("button", name="Columns").click()
-                page.locator("[role=dialog], [role=menu]").first.get_by_text(name, exact=True).click()
-                page.keyboard.press("Escape")
-            with contextlib.suppress(Exception):  # the assistant panel takes a third of the page
-                page.get_by_role("button", name="Close").first.click(timeout=2000)
-            page.wait_for_timeout(800)
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot))
-            cells = page.eval_on_selector_all(  # ag-grid splits each row into a pinned and a scrolling part
-                ".ag-pinned-left-cols-container [role=row], .ag-center-cols-container [role=row]",
-                "els => els.map(e => [e.getAttribute('row-index'), e.innerText.replace(/\\s+/g, ' ').trim()])")
-        finally:
-            browser.close()
+        page = browser.new_page(viewport={"width": 1500, "height": 760})
+        stack.callback(page.close)
+        page.goto(f"{url}/#/experiments/{exp}/runs", wait_until="load")
+        parent = page.locator("[role=gridcell]", has_text=parent_run_name).first
+        parent.wait_for(timeout=90_000)
+        parent.locator("button").first.click()  # expand: the trials are nested under it
+        page.locator("[role=gridcell]", has_text=f"{parent_run_name}-").first.wait_for(timeout=30_000)
+        for name in columns:
+            page.get_by_role("button", name="Columns").click()
+            page.locator("[role=dialog], [role=menu]").first.get_by_text(name, exact=True).click()
+            page.keyboard.press("Escape")
+        with contextlib.suppress(Exception):  # the assistant panel takes a third of the page
+            page.get_by_role("button", name="Close").first.click(timeout=2000)
+        page.wait_for_timeout(800)
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot))
+        cells = page.eval_on_selector_all(  # ag-grid splits each row into a pinned and a scrolling part
+            ".ag-pinned-left-cols-container [role=row], .ag-center-cols-container [role=row]",
+            "els => els.map(e => [e.getAttribute('row-index'), e.innerText.replace(/\\s+/g, ' ').trim()])")
     rows: dict[int, str] = {}
     for index, text in cells:
         rows[int(index)] = f"{rows[int(index)]} | {text}" if int(index) in rows else text

@@ -111,7 +111,7 @@ def test_mlflow_ui_lists_the_tuning_jobs_parent_run_and_its_trials_with_their_ob
     exp = tracking.experiment_id(client, cfg)
     parent = tracking.latest_tuning_run(client, exp)
     trials = tracking.trial_runs(client, exp, parent.info.run_id, ())
-    rows = tracking.ui_tuning_view(cfg, parent.info.run_name, SHOTS / "mlflow-ui.png", chromium=CHROMIUM)
+    rows = tracking.ui_tuning_view(cfg, parent.info.run_name, SHOTS / "mlflow-ui.png", browser=browser)
     name = parent.info.run_name  # the trials' job names start with it, the final training's does not
     assert sum(name in r and f"{name}-" not in r for r in rows) == 1  # the parent, expanded
     assert sum(f"{name}-" in r for r in rows) == len(trials) >= 4  # ... into every trial
