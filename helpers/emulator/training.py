@@ -356,6 +356,8 @@ class TrainingJobs:
             command, cwd, env = _container_command(params, run.name, job.arn, layout, channels)
             if "OMP_NUM_THREADS" not in (params.get("Environment") or {}):
                 env["OMP_NUM_THREADS"] = str(self._cpu_share(run.peers))
+            if self._forks(command):  # the first job starts the warm interpreter: like the container's start, it
+                self.warm_interpreter().available()  # happens before training, and is not training time
             self._transition(run, "Training", "Training image download completed. Training in progress.")
             job.training_start_time = now()
             while not run.stop.is_set():
@@ -431,11 +433,18 @@ class TrainingJobs:
                 self._zygote = Zygote().start()
             return self._zygote
 
+    @staticmethod
+    def _forks(command: list[str]) -> bool:
+        """Whether the job's process is forked from the warm interpreter: a Python script, run plainly."""
+        plain = _python()
+        script = command[len(plain):]
+        return command[:len(plain)] == plain and bool(script) and not script[0].startswith("-") and WARM
+
     def _start(self, command: list[str], cwd: Path, env: dict[str, str]) -> Any:
         """The job's process: forked from the warm interpreter when it runs a Python script, else a new one."""
         plain = _python()
         script = command[len(plain):]
-        if command[:len(plain)] == plain and script and not script[0].startswith("-") and WARM:
+        if self._forks(command):
             zygote = self.warm_interpreter()
             if zygote.available():
                 return zygote.spawn(script, cwd, env)
