@@ -1,5 +1,6 @@
 """The rendered book in a real browser: Debian's Chromium driven by Playwright (no browser download)."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -110,6 +111,11 @@ def test_mlflow_ui_lists_the_tuning_jobs_parent_run_and_its_trials_with_their_ob
     client = tracking.client(cfg)
     exp = tracking.experiment_id(client, cfg)
     parent = tracking.latest_tuning_run(client, exp)
+    if parent is None:
+        if os.environ.get("CI"):
+            pytest.fail("the book built in this session left no tuning run in its MLflow store")
+        pytest.skip("_build/ holds a book built outside this test session, with another MLflow store: "
+                    "remove _build/ to rebuild it here")
     trials = tracking.trial_runs(client, exp, parent.info.run_id, ())
     rows = tracking.ui_tuning_view(cfg, parent.info.run_name, SHOTS / "mlflow-ui.png", browser=browser)
     name = parent.info.run_name  # the trials' job names start with it, the final training's does not
