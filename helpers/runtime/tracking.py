@@ -176,10 +176,6 @@ class MlflowRun:
         if self.run_id:
             self._guard("logging artifacts", log_)
 
-    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
-        if self.run_id:
-            self._guard("logging artifacts", lambda: self.client.log_dict(self.run_id, dict(data), name))
-
     def end(self, status: str = "FINISHED") -> None:
         """End the run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
         self._stop_monitor()
