@@ -175,7 +175,7 @@ def tuning_result(tuner: Any, static: Mapping[str, Any], wall_s: float,
         start, end = desc.get("TrainingStartTime"), desc.get("TrainingEndTime")
         rows.append({"number": number, "state": TRIAL_STATES.get(s["TrainingJobStatus"], "FAIL"),
                      "value": (s.get("FinalHyperParameterTuningJobObjectiveMetric") or {}).get("Value"),
-                     **{k: coerce(k, _parse_hp(hp[k]), space) for k in space if k in hp},
+                     **{k: coerce(k, parse_hyperparameter(hp[k]), space) for k in space if k in hp},
                      "epochs_run": _epochs_run(desc),
                      "duration_s": (end - start).total_seconds() if start and end else None,
                      "job": s["TrainingJobName"]})
@@ -184,7 +184,8 @@ def tuning_result(tuner: Any, static: Mapping[str, Any], wall_s: float,
     if best is None or not best.training_job_name:
         raise RuntimeError(f"Tuning job {job.hyper_parameter_tuning_job_name} has no completed trial; "
                            "see the trials table and each job's FailureReason.")
-    best_hp = {k: coerce(k, _parse_hp(v), space) for k, v in (best.tuned_hyper_parameters or {}).items() if k in space}
+    best_hp = {k: coerce(k, parse_hyperparameter(v), space)
+               for k, v in (best.tuned_hyper_parameters or {}).items() if k in space}
     value = best.final_hyper_parameter_tuning_job_objective_metric.value
     return TuningResult(engine="sagemaker", trials=trials, best_hyperparameters=best_hp, best_value=float(value),
                         static=dict(static), wall_s=wall_s,
@@ -209,7 +210,8 @@ def _epochs_run(desc: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _parse_hp(value: str) -> Any:
+def parse_hyperparameter(value: str) -> Any:
+    """A hyperparameter as SageMaker reports it (JSON text, or a bare string) as its value."""
     try:
         return json.loads(value)
     except (TypeError, ValueError):

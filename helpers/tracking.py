@@ -167,6 +167,8 @@ def trial_runs(mlflow_client: Any, exp_id: str, parent_run_id: str, params: Iter
     system-metric series it has, its job and run id (a pandas DataFrame)."""
     import pandas as pd
 
+    from helpers.sagemaker_jobs import parse_hyperparameter
+
     runs = sorted(child_runs(mlflow_client, exp_id, parent_run_id), key=lambda r: r.data.tags.get(TAG_JOB, ""))
     rows = []
     for number, r in enumerate(runs):
@@ -174,7 +176,7 @@ def trial_runs(mlflow_client: Any, exp_id: str, parent_run_id: str, params: Iter
                                "value": r.data.metrics.get(OBJECTIVE)}
         for p in params:
             if p in r.data.params:
-                row[p] = _number(r.data.params[p])
+                row[p] = parse_hyperparameter(r.data.params[p])  # as the tuning job's table has it
         row["epochs_run"] = len(mlflow_client.get_metric_history(r.info.run_id, "valid_accuracy")) or None
         row["system_metrics"] = sum(k.startswith("system/") for k in r.data.metrics)
         row["job"] = r.data.tags.get(TAG_JOB, r.info.run_name)
@@ -201,15 +203,6 @@ def disagreements(from_mlflow: Any, from_tuner: Any) -> list[str]:
             problems.append(f"{row.job}: objective {row.value} in MLflow, {other.value} in the tuning job")
     problems += [f"{job}: a trial of the tuning job with no MLflow run" for job in sorted(set(tuner) - seen)]
     return problems
-
-
-def _number(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
 
 
 def job_run(mlflow_client: Any, exp_id: str, job_name: str) -> Any | None:
@@ -367,7 +360,8 @@ def book_screenshot(cfg: Any, dest: Path) -> str:
         if cfg.backend != "local":
             reason = "the runs are on the SageMaker tracking server; open its UI from SageMaker Studio"
         else:
-            parent = latest_tuning_run(client(cfg), experiment_id(client(cfg), cfg))
+            mlflow_client = client(cfg)
+            parent = latest_tuning_run(mlflow_client, experiment_id(mlflow_client, cfg))
             if parent is None:
                 reason = "no tuning job is tracked yet: run chapter 2"
             else:
