@@ -150,7 +150,7 @@ def test_inputs_need_the_s3_upload():
 @pytest.mark.parametrize("name, raw, value", [("batch_size", '"64"', 64), ("epochs", '"5"', 5), ("lr", '"0.0123"', 0.0123),
                                               ("batch_size", "128", 128)])
 def test_tuned_values_come_back_typed(name, raw, value):
-    got = hpo.coerce(name, sagemaker_jobs._parse_hp(raw))
+    got = hpo.coerce(name, sagemaker_jobs.parse_hyperparameter(raw))
     assert got == value and type(got) is type(value)
 
 
