@@ -220,11 +220,22 @@ def insights(results: list[SimResult], capacity_rps: float) -> list[str]:
                    f"{s['p50_latency_ms']:.0f} ms (worst {s['max_latency_ms']:.0f} ms).")
     if len(results) >= 2:
         a, b = results[0].summary(), results[1].summary()
-        cheaper = a if a["instance_minutes"] <= b["instance_minutes"] else b
-        faster = a if a["max_latency_ms"] <= b["max_latency_ms"] else b
-        out.append(f"{SIMULATION}: {cheaper['policy']} costs fewer instance-minutes; {faster['policy']} keeps the "
-                   "worst latency lower" + (" (the same policy wins both)." if cheaper is faster else "."))
+        if same(a["instance_minutes"], b["instance_minutes"]):
+            cost = f"both policies cost the same, {a['instance_minutes']} instance-minutes"
+        else:
+            cheaper = min(a, b, key=lambda s: s["instance_minutes"])
+            cost = f"{cheaper['policy']} costs fewer instance-minutes"
+        if same(a["max_latency_ms"], b["max_latency_ms"]):
+            latency = f"their worst latency is the same, {a['max_latency_ms']:.0f} ms"
+        else:
+            latency = f"{min(a, b, key=lambda s: s['max_latency_ms'])['policy']} keeps the worst latency lower"
+        out.append(f"{SIMULATION}: {cost}; {latency}.")
     return out
+
+
+def same(x: float, y: float, rel: float = 0.02) -> bool:
+    """Equal within ``rel`` (2%) of the larger: a difference this small is no ranking."""
+    return abs(x - y) <= rel * max(abs(x), abs(y))
 
 
 def replica_insights(timeline: Any) -> list[str]:

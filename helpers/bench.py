@@ -276,6 +276,26 @@ def bench_hardware(backbone: str, image_size: int, batch_size: int = 32) -> list
     return rows
 
 
+def reference_runs(folder: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The full runs kept with the book (``book/results/NAME.json``), by name. Quick runs are left out: their
+    ratios on tiny data are noise."""
+    from helpers.book import ROOT
+
+    runs = {}
+    for path in sorted((folder or ROOT / "book" / "results").glob("*.json")):
+        doc = json.loads(path.read_text())
+        if not doc.get("quick"):
+            runs[path.stem] = doc
+    return runs
+
+
+def runs_table(runs: dict[str, dict[str, Any]], section: str) -> Any:
+    """One section of every run as one table, the run's name first (empty when no run has the section)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"run": name, **row} for name, doc in runs.items() for row in doc.get(section) or []])
+
+
 def chapter_times(root: Path | None = None) -> list[dict[str, Any]]:
     """Wall time of each chapter in the latest ``make book`` (written by :mod:`helpers.book`)."""
     from helpers.book import ROOT, TIMINGS
@@ -290,6 +310,7 @@ def chapter_times(root: Path | None = None) -> list[dict[str, Any]]:
 
 
 TRAIN_IMAGE_SIZE = 224  # the reference dataset's resolution, whatever the book's dataset is
+QUICK_IMAGE_SIZE = 112  # --quick checks the command: a quarter of the pixels
 
 
 def training_data(cfg: RunConfig, quick: bool) -> Path:
@@ -308,14 +329,15 @@ def run_all(quick: bool = False) -> dict[str, list[dict[str, Any]]]:
 
     cfg = RunConfig(dataset="synthetic" if quick else "digits", synthetic_classes=4, synthetic_images=20)
     root = data.prepare_dataset(cfg, progress=False)
+    size = QUICK_IMAGE_SIZE if quick else TRAIN_IMAGE_SIZE
     return {
-        "training": bench_training(training_data(cfg, quick), cfg.backbone, TRAIN_IMAGE_SIZE,
+        "training": bench_training(training_data(cfg, quick), cfg.backbone, size,
                                    {"trainable": 2, "frozen": 3} if quick else {"trainable": 2, "frozen": 5}),
         "hpo": bench_hpo(cfg, 3 if quick else 8),
         "serving": bench_serving(None, 12 if quick else 48, levels=(1, 4) if quick else (1, 4, 16),
                                  sweep=BATCH_SWEEP[:1] if quick else BATCH_SWEEP, abuse=40 if quick else 600),
         "overhead": bench_overhead(cfg, 2 if quick else 3, 1 if quick else 3),
-        "hardware": bench_hardware(cfg.backbone, TRAIN_IMAGE_SIZE),
+        "hardware": bench_hardware(cfg.backbone, size, batch_size=8 if quick else 32),
         "emulator": bench_emulator(None, 3 if quick else 7, 12 if quick else 48),
         "chapters": chapter_times(),
     }
@@ -395,9 +417,38 @@ def _serving_load(post: _Poster, requests: list[tuple[bytes, str, int | None]], 
 #: TorchServe-style endpoint but batched. Then other batch sizes and waits, one replica with both cores'
 #: threads, and the book's default, which autoscales to two replicas of one thread each.
 ONE = {"max_replicas": 1}
+EMPTY_RAY = "ray-serve container, empty deployment"
 BATCH_SWEEP: tuple[dict[str, Any], ...] = (
     ONE, {**ONE, "max_batch_size": 1, "batch_wait_timeout_s": 0.0}, {**ONE, "max_batch_size": 4},
-    {**ONE, "batch_wait_timeout_s": 0.02}, {**ONE, "num_cpus": 2}, {})
+    {**ONE, "batch_wait_timeout_s": 0.0}, {**ONE, "batch_wait_timeout_s": 0.02}, {**ONE, "num_cpus": 2}, {})
+
+
+#: An application that answers at once, served by the same container: what Ray Serve itself costs per request.
+_EMPTY_DEPLOYMENT = '''"""A deployment that answers without work: Ray Serve's own round trip."""
+from ray import serve
+from starlette.responses import Response
+
+
+@serve.deployment(name="Empty")
+class Empty:
+    async def __call__(self, request):
+        await request.body()
+        return Response(b'{"predictions": []}', media_type="application/json")
+
+
+app = Empty.bind()
+'''
+
+
+def _empty_ray_app(folder: Path) -> Path:
+    """A model folder holding only ``config.yaml`` and ``deployment.py`` for :data:`_EMPTY_DEPLOYMENT`."""
+    from helpers.runtime.serve_settings import CONFIG_FILE, DEPLOYMENT_FILE, to_yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    app = {"applications": [{"name": "empty", "route_prefix": "/", "import_path": "deployment:app"}]}
+    (folder / CONFIG_FILE).write_text(to_yaml(app) + "\n")
+    (folder / DEPLOYMENT_FILE).write_text(_EMPTY_DEPLOYMENT)
+    return folder
 
 
 def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int, ...] = (1, 4, 16),
@@ -407,7 +458,8 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
     Each container gets the same requests on its own port (``POST /invocations``): latency and throughput
     at each concurrency; then ``abuse`` requests at concurrency 16 of which a quarter are bad (wrong
     answers, 5xx and the server's memory before and after). The Ray Serve container is also run with
-    each batching setting of ``sweep`` (throughput against p99 at concurrency 16).
+    each batching setting of ``sweep`` (throughput against p99 at concurrency 16). First of all, an empty
+    deployment in the Ray Serve container measures what Ray Serve itself adds to every request.
     """
     import shutil
     import statistics
@@ -453,6 +505,20 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
                              "p50_vs_floor": row["p50_ms"] / base, "rss_mb": after / 1e6,
                              "rss_change_pct": 100 * (after - before) / before})
 
+        started = time.perf_counter()
+        with RayServeEndpoint(_empty_ray_app(Path(tmp) / "empty"), log_file=Path(tmp) / "ray-empty.log") as ep:
+            post = _Poster(ep.port)
+            post(images[0], "image/jpeg")
+            start_s = round(time.perf_counter() - started, 1)
+            trip = []
+            for i in range(max(requests, 24)):
+                t0 = time.perf_counter()
+                post(images[i % 8], "image/jpeg")
+                trip.append(1e3 * (time.perf_counter() - t0))
+            rows.append({"setup": EMPTY_RAY, "batching": "", "concurrency": 1, "requests": len(trip),
+                         **_percentiles(trip), "req_per_s": len(trip) / (sum(trip) / 1e3),
+                         "p50_vs_floor": statistics.median(trip) / base, "errors_5xx": 0, "wrong": 0,
+                         "rss_mb": ep.rss_bytes() / 1e6, "start_s": start_s})
         started = time.perf_counter()
         with LocalEndpoint(model_dir, workers=1) as ep:
             measure("pytorch container (TorchServe-style)", "none", ep, levels, True)
@@ -673,9 +739,18 @@ def _serving_findings(rows: list[dict[str, Any]], goal: Callable[[str, bool], st
     torch = {r["concurrency"]: r for r in plain if r["setup"].startswith("pytorch")}
     first = ray[0]["batching"] if ray else None
     ray1 = next((r for r in ray if r["concurrency"] == 1 and r["batching"] == first), None)
+    floor = next((r for r in rows if r["setup"].startswith("in-process")), None)
     if ray1:
         lines.append(f"Serving: the Ray Serve endpoint's p50 at concurrency 1 is {ray1['p50_vs_floor']:.2f}x the "
                      f"in-process handler's{goal('1.3x', ray1['p50_vs_floor'] <= 1.3)}.")
+    empty = next((r for r in rows if r["setup"] == EMPTY_RAY), None)
+    if empty and floor:
+        share = empty["p50_ms"] / floor["p50_ms"]
+        why = (f" A handler this fast cannot come within 1.3x behind Ray Serve on this machine: that needs a round "
+               f"trip under 0.3x, {0.3 * floor['p50_ms']:.1f} ms." if share > 0.3 else "")
+        lines.append(f"Ray Serve's own round trip (an empty deployment behind the same adapter, concurrency 1) is "
+                     f"{empty['p50_ms']:.1f} ms at p50, {share:.2f}x the handler's {floor['p50_ms']:.1f} ms: the "
+                     f"proxy, the replica's queue and two HTTP hops, paid by every request.{why}")
     top = max(torch) if torch else None
     best = max((r for r in ray if r["concurrency"] == top), key=lambda r: r["req_per_s"], default=None)
     if best and top:
@@ -706,15 +781,32 @@ def machine() -> dict[str, Any]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": usable_cores(), "torch": torch.__version__,
+    return {"cpu": cpu, "vector": vector_extensions(), "cores": usable_cores(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": datetime.date.today().isoformat()}
+
+
+#: CPU features that change the numbers most, best first: native bfloat16 (what CPU autocast needs to pay off),
+#: then the widest vector units. Two machines named alike ("AMD EPYC") differ here.
+VECTOR_EXTENSIONS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
+                     ("avx2", "AVX2"), ("asimd", "NEON"))
+
+
+def vector_extensions(cpuinfo: str | None = None) -> str:
+    """The best of :data:`VECTOR_EXTENSIONS` that ``/proc/cpuinfo`` lists ("" when none is known)."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    flags = set(text.split())
+    return next((name for flag, name in VECTOR_EXTENSIONS if flag in flags), "")
 
 
 def describe(m: dict[str, Any]) -> str:
     """One line for a :func:`machine` record."""
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return f"{m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']}, measured {m['date']}"
+    vector = f" ({m['vector']})" if m.get("vector") else ""
+    return f"{m['cpu']}{vector}, {m['cores']} cores{gpu}, torch {m['torch']}, measured {m['date']}"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

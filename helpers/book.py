@@ -114,6 +114,24 @@ def _failed_cell(nb_path: Path) -> str:
     return "an unknown cell"
 
 
+def ipc_kernel_manager() -> type:
+    """The chapters' kernel manager: the kernel talks over Unix sockets in the temp folder (jupyter_client's ``ipc``
+    transport), so no TCP port opens and ipykernel has no "running over TCP without encryption" warning to print."""
+    import tempfile
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("transport", "ipc")  # the sockets are named after the connection file:
+            kwargs.setdefault("connection_file", os.path.join(  # a short path (a socket's is at most 107 bytes)
+                tempfile.gettempdir(), f"sagebook-kernel-{uuid.uuid4().hex[:12]}.json"))
+            super().__init__(**kwargs)
+
+    return IpcKernelManager
+
+
 def run_chapter(nb: Path, params: dict[str, Any], out_dir: Path = BOOK) -> ChapterRun:
     """Execute one chapter into ``out_dir``; :class:`BookError` names the chapter and cell on failure."""
     import papermill
@@ -124,7 +142,7 @@ def run_chapter(nb: Path, params: dict[str, Any], out_dir: Path = BOOK) -> Chapt
     try:
         papermill.execute_notebook(
             str(nb), str(out), parameters=params, cwd=str(nb.parent),
-            progress_bar=sys.stderr.isatty(), log_output=False,
+            progress_bar=sys.stderr.isatty(), log_output=False, kernel_manager_class=ipc_kernel_manager(),
         )
     except PapermillExecutionError as e:
         raise BookError(

@@ -84,11 +84,11 @@ def insights(pred: Predictions) -> list[str]:
            "or tuning."]
     worst, best = table.iloc[0], table.iloc[-1]
     if len(table) > 1:
-        out.append(f"Per-class accuracy ranges from {worst['accuracy']:.0%} ({worst['class']}) to "
-                   f"{best['accuracy']:.0%} ({best['class']}).")
+        out.append(f"Per-class accuracy ranges from {worst['accuracy']:.0%} (class “{worst['class']}”) to "
+                   f"{best['accuracy']:.0%} (class “{best['class']}”).")
     pairs = confused_pairs(pred, 3)
     if pairs:
-        out.append("Most confused: " + "; ".join(f"{t} taken for {p} {n} time(s)" for t, p, n in pairs) + ".")
+        out.append("Most confused: " + "; ".join(f"“{t}” taken for “{p}” {_times(n)}" for t, p, n in pairs) + ".")
     else:
         out.append("No test image was misclassified.")
     return out
@@ -113,3 +113,7 @@ def history_insights(history: list[dict]) -> list[str]:
         out.append("Validation accuracy is above training accuracy: training accuracy is measured while the "
                    "weights still change (and with dropout), validation after the epoch.")
     return out
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else "twice" if n == 2 else f"{n} times"

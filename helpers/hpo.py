@@ -285,6 +285,42 @@ def _result_from_study(study: Any, static: dict[str, Any], wall: float, new_tria
 # What the chapter shows
 
 
+def pruning_evidence(runs: Mapping[str, Mapping[str, Any]], prune: bool) -> list[str]:
+    """What the reference runs (``helpers.bench``'s tuning comparison) measured of early stopping, and whether
+    they support this run's choice ``prune``: the median rule must save time without losing the best trial."""
+    out, saved, kept = [], [], []
+    for name, doc in runs.items():
+        rows = {r["variant"]: r for r in doc.get("hpo") or []}
+        on, off = rows.get("feature cache + pruning"), rows.get("feature cache only")
+        if not (on and off):
+            continue
+        saved.append(1 - on["wall_s"] / off["wall_s"])
+        kept.append(on["best_objective"] >= off["best_objective"] - 1e-9)
+        out.append(f"`{name}`: {on['trials']} trials took {on['wall_s']:.1f} s with the median rule "
+                   f"({on['pruned']} stopped early) and {off['wall_s']:.1f} s without it; the best objective was "
+                   f"{on['best_objective']:.3f} with it and {off['best_objective']:.3f} without.")
+    if not out:
+        return ["No reference run has measured early stopping yet (`python -m helpers.bench hpo`)."]
+    helps = all(kept) and min(saved) >= 0.1
+    lost = len(kept) - sum(kept)
+    if helps:
+        finding = f"the median rule saved {min(saved):.0%} or more of the time and kept the best trial"
+    else:
+        finding = "the median rule " + ("saved no time" if max(saved) < 0.05 else
+                                        f"saved at most {max(saved):.0%} of the time")
+        finding += f" and lost the best trial in {lost} of {len(kept)} runs" if lost else ""
+    if helps and prune:
+        verdict = "so this run stops trials early (prune=True)."
+    elif not helps and not prune:
+        verdict = ("so this run does not stop trials early (prune=False). Early stopping pays where a trial's epochs "
+                   "take minutes of billed instance time, not seconds on cached features: on AWS with a trainable "
+                   "backbone, pass prune=True.")
+    else:
+        verdict = f"this run sets prune={prune} against that measurement."
+    out.append(f"Across {len(kept)} reference run(s), {finding}: {verdict}")
+    return out
+
+
 def insights(result: TuningResult) -> list[str]:
     """Plain-language findings computed from the trials."""
     import numpy as np

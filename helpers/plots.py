@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from helpers.data import DatasetReport
 
 SPLIT_COLORS = {"train": "#1f77b4", "valid": "#ff7f0e", "test": "#2ca02c"}
+#: The width of the book's text column at a 1200 px window: wider figures are scaled down to it.
+BOOK_COLUMN_PX = 624
 
 
 def class_counts(report: DatasetReport, max_labels: int = 40) -> Figure:
@@ -337,14 +339,25 @@ def confusion_matrix(cm, names: list[str], max_labels: int = 30) -> Figure:
     return fig
 
 
+def rendered_text_px(fig: Figure, column_px: int = BOOK_COLUMN_PX) -> float:
+    """The height in CSS pixels of the figure's smallest visible text when the book shows it (the image scaled
+    down to the column's width, never up). The book wants 10 or more."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # lays out the figure (tight layout) before sizes are read
+    scale = min(1.0, column_px / (fig.get_figwidth() * fig.dpi))
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes, default=float("inf")) * fig.dpi / 72 * scale
+
+
 def prediction_gallery(images: list, predictions: list[list[dict]], truths: list[str] | None = None,
-                       cols: int = 4, title: str = "Predictions") -> Figure:
+                       cols: int = 3, title: str = "Predictions") -> Figure:
     """Each image beside its top labels; the title is green when the first label is right, red when wrong."""
     import io
 
     n = len(images)
     rows = max(1, -(-n // cols))
-    fig = Figure(figsize=(3.4 * cols, 2.3 * rows), layout="tight")
+    fig = Figure(figsize=(2.6 * cols, 1.9 * rows), layout="tight")
     axes = fig.subplots(rows, 2 * cols, squeeze=False, width_ratios=[1, 1.2] * cols)
     for k in range(rows * cols):
         ax_img, ax_txt = axes[k // cols][2 * (k % cols)], axes[k // cols][2 * (k % cols) + 1]
@@ -360,9 +373,9 @@ def prediction_gallery(images: list, predictions: list[list[dict]], truths: list
         truth = truths[k] if truths else None
         ok = truth is None or top[0]["label"] == truth
         if truth is not None:
-            ax_img.set_title(f"true: {truth}", fontsize=8, color="#2ca02c" if ok else "#d62728")
-        text = "\n".join(f"{t['label'][:18]}  {t['probability']:.0%}" for t in top[:3])
-        ax_txt.text(0, 0.5, text, fontsize=8, va="center", family="monospace")
+            ax_img.set_title(f"true: {truth[:14]}", fontsize=10, color="#2ca02c" if ok else "#d62728")
+        text = "\n".join(f"{t['label'][:10]} {t['probability']:.0%}" for t in top[:3])
+        ax_txt.text(0, 0.5, text, fontsize=10, va="center", family="monospace")
     fig.suptitle(title)
     return fig
 

@@ -51,6 +51,14 @@ def console_url(job_arn: str) -> str:
     return f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/jobs/{name}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: next to a SQLite store (``artifacts/`` beside the database),
+    never MLflow's default ``./mlruns`` in whatever folder the job runs from; a server decides for itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+
+
 def _quiet_http_retries() -> None:
     """MLflow retries an HTTP call 7 times with backoff (minutes against a dead server); a job asks twice."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -106,7 +114,8 @@ class MlflowRun:
 
             self.client = MlflowClient(tracking_uri=self.uri)
             exp = self.client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                self.experiment, artifact_location=artifact_location(self.uri))
             tags = {TAG_JOB: self.job, "mlflow.source.name": "train.py", "mlflow.source.type": "JOB"}
             if self.job_arn:
                 tags |= {TAG_JOB_ARN: self.job_arn, TAG_JOB_URL: console_url(self.job_arn),

@@ -132,3 +132,31 @@ def test_mlflow_ui_lists_the_tuning_jobs_parent_run_and_its_trials_with_their_ob
     size = page.eval_on_selector("img[src$='mlflow-ui.png']", "e => [e.naturalWidth, e.naturalHeight]")
     assert size[0] >= 1000 and size[1] >= 500, size
     page.close()
+
+
+#: chapters whose computed insights end the page (or a section of it)
+INSIGHTS = ("01_data", "02_hpo", "03_debug_profile", "05_lambda_autoscaling", "06_performance")
+
+
+@pytest.mark.parametrize("chapter", INSIGHTS)
+def test_insights_are_a_list_whose_sentences_are_whole_at_800_px(browser, chapter):
+    page = browser.new_page(viewport={"width": 800, "height": 1000})
+    page.goto((HTML / "book" / f"{chapter}.html").as_uri(), wait_until="load")
+    items = page.eval_on_selector_all(".cell_output li", "els => els.map(e => [e.scrollWidth, e.clientWidth])")
+    assert items, f"{chapter}: the insights are not a list"
+    assert all(scroll <= width + 1 for scroll, width in items), items
+    page.close()
+
+
+@pytest.mark.parametrize("page_name, claim", [("book/01_data", "computed by the run"),
+                                              ("book/05_lambda_autoscaling", "computed by the run"),
+                                              ("book/06_performance", "reference runs"),
+                                              ("book/guides/sagemaker", None), ("book/intro", None)])
+def test_the_footer_claims_computed_numbers_only_where_they_are(browser, page_name, claim):
+    page, _ = visit(browser, (HTML / f"{page_name}.html").as_uri(), "footer-" + page_name.replace("/", "__"))
+    footer = page.query_selector(".extra_footer")
+    if claim is None:
+        assert footer is None or not footer.inner_text().strip()
+    else:
+        assert footer is not None and claim in footer.inner_text()
+    page.close()

@@ -34,6 +34,21 @@ def _stop_the_local_sagemaker(tmp_path, monkeypatch):
     background.stop(tmp_path / "work")
 
 
+def insights(outputs) -> str:
+    """The chapter's computed insights: a Markdown list (it wraps in the page), not printed lines."""
+    lists = ["".join(o.get("data", {}).get("text/markdown", "")) for o in outputs]
+    found = [md for md in lists if md.startswith("- ")]
+    assert found, "no insight list in the chapter's outputs"
+    return "\n".join(found)
+
+
+def assert_no_work_path(outputs, work: Path) -> None:
+    """The page shows paths relative to the work folder: its absolute path (a temp or home folder) is noise."""
+    shown = "".join(o.get("text", "") + "".join("".join(v) for k, v in o.get("data", {}).items()
+                                                 if k.startswith("text/")) for o in outputs)
+    assert str(work) not in shown and str(work.resolve()) not in shown
+
+
 def test_the_chapters_exist():
     assert [nb.stem for nb in CHAPTERS] == [
         "01_data", "02_hpo", "03_debug_profile", "04_deploy", "05_lambda_autoscaling", "06_performance"]
@@ -57,6 +72,18 @@ def test_parameters_cell_declares_the_run_config_with_its_defaults(nb):
             assert json.loads(declared[name]["default"].replace("'", '"')) == defaults[name].default, name
 
 
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_without_a_warning(nb, caplog):
+    """A second ``=`` on a line (in its comment, say) makes papermill skip the parameter and log a warning."""
+    import ast
+
+    cell = next(c for c in nbformat.read(str(nb), as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    names = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+    with caplog.at_level("WARNING", logger="papermill"):
+        declared = papermill.inspect_notebook(str(nb))
+    assert set(declared) == names and not caplog.records, [r.getMessage() for r in caplog.records]
+
+
 @pytest.mark.slow
 def test_chapter_01_runs_with_the_synthetic_dataset(tmp_path):
     out = tmp_path / "01_data.ipynb"
@@ -71,8 +98,8 @@ def test_chapter_01_runs_with_the_synthetic_dataset(tmp_path):
     executed = nbformat.read(str(out), as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
-    text = "".join(o.get("text", "") for o in outputs)
-    assert "Every train class has 6 images" in text
+    assert "- Every train class has 6 images" in insights(outputs)
+    assert_no_work_path(outputs, work)
     assert not [o for o in outputs if o.output_type == "error"]
 
 
@@ -98,6 +125,23 @@ def test_a_failing_chapter_stops_the_run_and_names_chapter_and_cell(tmp_path):
     msg = str(e.value)
     assert "Chapter 02_broken failed" in msg and "code cell 3" in msg and "the data went missing" in msg
     assert (tmp_path / "book" / "01_ok.ipynb").exists() and not (tmp_path / "book" / "03_never.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_a_chapters_kernel_prints_no_transport_warning_and_leaves_no_socket(tmp_path, capfd):
+    """The kernel talks over Unix sockets: ipykernel's "running over TCP without encryption" warning, which it
+    writes straight to the runner's stderr, never appears, and the sockets are gone afterwards."""
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("sagebook-kernel-*"))
+    (tmp_path / "book").mkdir()
+    run = book.run_chapter(write_chapter(tmp_path / "01_one.ipynb", "print('ran')"), {}, tmp_path / "book")
+    assert run.name == "01_one"
+    out, err = capfd.readouterr()
+    assert "TCP" not in out + err and "encryption" not in out + err
+    executed = nbformat.read(str(tmp_path / "book" / "01_one.ipynb"), as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "ran\n"
+    assert set(Path(tempfile.gettempdir()).glob("sagebook-kernel-*")) == before
 
 
 @pytest.mark.slow
@@ -183,7 +227,8 @@ def test_chapter_02_tunes_another_backbone(tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # history, by parameter, parallel coordinates
     text = "".join(o.get("text", "") for o in outputs)
-    assert "The best of 4 trials reached valid:accuracy" in text
+    assert "The best of 4 trials reached valid:accuracy" in insights(outputs)
+    assert_no_work_path(outputs, tmp_path / "work")
     assert "with 4 child runs; every state and objective agrees with the tuning job." in text
     # The store: a parent run per tuning job, a child run per trial with its epochs and system metrics
     cfg = RunConfig(work_dir=str(tmp_path / "work"), dataset="synthetic")
@@ -221,7 +266,8 @@ def test_chapter_03_trains_under_debugger_and_profiler(tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # loss, gradients, weights, steps, confusion
     text = "".join(o.get("text", "") for o in outputs)
-    assert "Test accuracy" in text and "The data loader used" in text
+    assert "Test accuracy" in insights(outputs) and "The data loader used" in insights(outputs)
+    assert_no_work_path(outputs, tmp_path / "work")
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     for rule in ("vanishing_gradient", "class_imbalance", "LowGPUUtilization", "MaxInitializationTime"):
         assert rule in html
@@ -290,7 +336,9 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     # chapter 5 calls the endpoint through the Lambda function, load-tests it, simulates; the runner cleans up
     nb5 = execute("05_lambda_autoscaling", tmp_path, **common, concurrency=[1, 2], requests_per_level=6,
                   max_seconds=5, replica_steps=[[1, 1], [8, 3]], cleanup=False)
-    text5 = "".join(o.get("text", "") for c in nb5.cells if c.cell_type == "code" for o in c.outputs)
+    outputs5 = [o for c in nb5.cells if c.cell_type == "code" for o in c.outputs]
+    text5 = "".join(o.get("text", "") for o in outputs5) + insights(outputs5)
+    assert_no_work_path(outputs + outputs5, tmp_path / "work")
     assert "test event -> 200" in text5 and "bad event -> 400" in text5 and "Simulation, policy" in text5
     assert "function URL -> 200" in text5
     assert sum("image/png" in o.get("data", {}) for c in nb5.cells if c.cell_type == "code" for o in c.outputs) == 4

@@ -63,6 +63,15 @@ def test_insights_compare_policies():
     assert text.count("Simulation") >= 4 and "lean costs fewer instance-minutes" in text
 
 
+def test_equal_policies_are_said_to_cost_the_same_not_ranked():
+    twin = ScalingPolicy(name="twin")
+    base = sim([200] * 10)
+    line = autoscaling.insights([base, sim([200] * 10, twin)], 2.0)[-1]
+    minutes = base.summary()["instance_minutes"]
+    assert f"both policies cost the same, {minutes} instance-minutes" in line
+    assert "their worst latency is the same" in line and "fewer" not in line and "lower" not in line
+
+
 def test_load_test_is_bounded():
     import threading
 

@@ -92,3 +92,38 @@ def test_a_quick_run_is_not_judged():
 def test_partial_results_give_the_lines_they_can():
     assert bench.findings({"training": [], "chapters": []}) == []
     assert len(bench.findings({"overhead": results()["overhead"]})) == 2
+
+
+def test_ray_serves_own_round_trip_explains_a_missed_latency_target():
+    serving = results()["serving"]
+    floor = {**serving[0], "p50_ms": 15.0}
+    slow = [floor, *serving[1:], {"setup": bench.EMPTY_RAY, "batching": "", "concurrency": 1, "p50_ms": 12.0}]
+    line = next(line for line in bench.findings({"serving": slow}) if "own round trip" in line)
+    assert "12.0 ms at p50, 0.80x the handler's 15.0 ms" in line
+    assert "cannot come within 1.3x" in line and "under 0.3x, 4.5 ms" in line
+    fast = [{**floor, "p50_ms": 100.0}, *serving[1:], slow[-1]]
+    line = next(line for line in bench.findings({"serving": fast}) if "own round trip" in line)
+    assert "0.12x the handler's 100.0 ms" in line and "cannot" not in line
+
+
+def test_the_appendix_reads_full_reference_runs_only(tmp_path):
+    import json
+
+    (tmp_path / "cpu.json").write_text(json.dumps({"quick": False, "hpo": [{"variant": "a", "speedup": 2.0}]}))
+    (tmp_path / "gpu.json").write_text(json.dumps({"quick": False, "hpo": [{"variant": "a", "speedup": 9.0}]}))
+    (tmp_path / "ci.json").write_text(json.dumps({"quick": True, "hpo": [{"variant": "a", "speedup": 50.0}]}))
+    runs = bench.reference_runs(tmp_path)
+    assert list(runs) == ["cpu", "gpu"]
+    table = bench.runs_table(runs, "hpo")
+    assert table.to_dict("records") == [{"run": "cpu", "variant": "a", "speedup": 2.0},
+                                        {"run": "gpu", "variant": "a", "speedup": 9.0}]
+    assert bench.runs_table(runs, "serving").empty
+
+
+def test_two_machines_named_alike_are_told_apart_by_their_vector_units():
+    assert bench.vector_extensions("flags : fpu sse2 avx2 avx512f avx512_bf16") == "AVX512-BF16"
+    assert bench.vector_extensions("flags : fpu sse2 avx2") == "AVX2"
+    assert bench.vector_extensions("flags : fpu") == ""
+    line = bench.describe({"cpu": "AMD EPYC", "vector": "AVX2", "cores": 2, "torch": "2.14", "gpu": None,
+                           "date": "2026-11-22"})
+    assert line == "AMD EPYC (AVX2), 2 cores, no GPU, torch 2.14, measured 2026-11-22"

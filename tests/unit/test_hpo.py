@@ -148,3 +148,22 @@ def test_tuning_from_a_notebook_does_not_import_pytorch():
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _hpo_run(on_s, off_s, on_best, off_best):
+    return {"hpo": [{"variant": "feature cache + pruning", "trials": 8, "wall_s": on_s, "best_objective": on_best,
+                     "pruned": 3},
+                    {"variant": "feature cache only", "trials": 8, "wall_s": off_s, "best_objective": off_best,
+                     "pruned": 0}]}
+
+
+def test_the_pruning_default_is_judged_by_the_reference_runs():
+    useless = {"a": _hpo_run(4.7, 4.5, 0.789, 0.85), "b": _hpo_run(11.8, 10.3, 0.928, 0.928)}
+    lines = hpo.pruning_evidence(useless, prune=False)
+    assert "`a`: 8 trials took 4.7 s with the median rule (3 stopped early) and 4.5 s without it" in lines[0]
+    assert "saved no time and lost the best trial in 1 of 2 runs: so this run does not stop" in lines[-1]
+    assert "against that measurement" in hpo.pruning_evidence(useless, prune=True)[-1]
+    useful = {"a": _hpo_run(5.0, 10.0, 0.9, 0.9)}
+    assert "saved 50% or more of the time and kept the best trial: so this run stops trials early" in \
+        hpo.pruning_evidence(useful, prune=True)[-1]
+    assert "No reference run" in hpo.pruning_evidence({"c": {"training": []}}, prune=False)[0]

@@ -8,6 +8,7 @@ import pytest
 
 from helpers import tracking
 from helpers.config import ConfigError, RunConfig
+from helpers.runtime import tracking as tracking_module
 from helpers.runtime import train
 from helpers.runtime.tracking import MlflowRun, console_url, tensorboard_dir
 
@@ -106,6 +107,22 @@ def test_no_tracking_uri_means_no_run_and_no_message():
     said = []
     run = MlflowRun({}, emit=said.append)
     assert run.start({"lr": 1}) is None and said == [] and not run.enabled
+
+
+def test_a_new_experiment_keeps_its_artifacts_beside_the_store_not_in_the_working_folder(tmp_path, monkeypatch):
+    """MLflow's default for a SQLite store is ``./mlruns`` of whatever folder the job runs from."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    run = MlflowRun({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "fresh"}, emit=lambda line: None)
+    assert run.start({"lr": 1}, system_metrics=False)
+    run.log_artifacts([tmp_path / "notes.txt"])
+    run.end()
+    assert not (tmp_path / "elsewhere" / "mlruns").exists()
+    assert list((tmp_path / "store" / "artifacts").rglob("notes.txt"))
+    assert tracking_module.artifact_location("http://127.0.0.1:5000") is None
 
 
 def test_tensorboard_goes_where_tensorboard_output_config_says(tmp_path):
