@@ -253,7 +253,8 @@ def test_chapter_03_without_best_hyperparameters_names_chapter_02(tmp_path):
 
 
 @pytest.mark.slow
-def test_chapter_03_trains_under_debugger_and_profiler(tmp_path):
+def test_chapter_03_trains_under_debugger_and_profiler(tmp_path, monkeypatch):
+    monkeypatch.setenv(book.BOOK_DIR_ENV, str(tmp_path / "book"))  # as `make book` runs it: reports are published
     common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
               "synthetic_images": 10}
     execute("01_data", tmp_path, **common)
@@ -268,6 +269,7 @@ def test_chapter_03_trains_under_debugger_and_profiler(tmp_path):
     text = "".join(o.get("text", "") for o in outputs)
     assert "Test accuracy" in insights(outputs) and "The data loader used" in insights(outputs)
     assert_no_work_path(outputs, tmp_path / "work")
+    assert list((tmp_path / "book").rglob("*-profiler-report.html"))  # the page links the published copy
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     for rule in ("vanishing_gradient", "class_imbalance", "LowGPUUtilization", "MaxInitializationTime"):
         assert rule in html
