@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 from helpers.serverless import ScalingPolicy
 
 SIMULATION = "Simulation"
+TIE = 0.02  # two policies within 2% of each other cost (or wait) the same: no ranking
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,22 +221,18 @@ def insights(results: list[SimResult], capacity_rps: float) -> list[str]:
                    f"{s['p50_latency_ms']:.0f} ms (worst {s['max_latency_ms']:.0f} ms).")
     if len(results) >= 2:
         a, b = results[0].summary(), results[1].summary()
-        if same(a["instance_minutes"], b["instance_minutes"]):
+        if math.isclose(a["instance_minutes"], b["instance_minutes"], rel_tol=TIE):
             cost = f"both policies cost the same, {a['instance_minutes']} instance-minutes"
         else:
             cheaper = min(a, b, key=lambda s: s["instance_minutes"])
             cost = f"{cheaper['policy']} costs fewer instance-minutes"
-        if same(a["max_latency_ms"], b["max_latency_ms"]):
+        if math.isclose(a["max_latency_ms"], b["max_latency_ms"], rel_tol=TIE):
             latency = f"their worst latency is the same, {a['max_latency_ms']:.0f} ms"
         else:
             latency = f"{min(a, b, key=lambda s: s['max_latency_ms'])['policy']} keeps the worst latency lower"
         out.append(f"{SIMULATION}: {cost}; {latency}.")
     return out
 
-
-def same(x: float, y: float, rel: float = 0.02) -> bool:
-    """Equal within ``rel`` (2%) of the larger: a difference this small is no ranking."""
-    return abs(x - y) <= rel * max(abs(x), abs(y))
 
 
 def replica_insights(timeline: Any) -> list[str]:
