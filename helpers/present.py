@@ -69,7 +69,7 @@ def _text(v: Any, digits: int) -> Any:
         if math.isnan(v):
             return ""
         r = number(v, digits)
-        return f"{r:,.0f}" if float(r).is_integer() and abs(r) >= 1 else f"{r:g}" if abs(r) < 1e6 else f"{r:.3g}"
+        return f"{r:,.0f}" if float(r).is_integer() and abs(r) >= 1 else f"{r:g}"  # 1e6 and up are whole
     return v
 
 
@@ -79,7 +79,7 @@ def relative(value: Any, root: str | Path) -> Any:
     prefixes = sorted({str(Path(root)), str(Path(root).resolve())}, key=len, reverse=True)
     if isinstance(value, Path):
         for prefix in prefixes:
-            if value == Path(prefix) or value.is_relative_to(prefix):
+            if value.is_relative_to(prefix):  # the folder itself too
                 return value.relative_to(prefix)
         return value
     if isinstance(value, str):
