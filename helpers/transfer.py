@@ -1,0 +1,106 @@
+"""Does the pretrained start help? Chapter 2's measured comparison of starts: random against ImageNet weights,
+a frozen backbone against fine-tuning its last stage or all its layers, and the ``mlp`` head and augmentation
+that the published dog-breed solutions use, as switches.
+
+Each start is an ordinary training job with a few hyperparameters changed; this module names the starts,
+reads each finished job into a row, and says what the rows show.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from helpers.runtime import metrics
+
+#: What every start shares, so the rows differ only in what their names say (a short run: it is a comparison).
+SHARED: dict[str, Any] = {"epochs": 4, "batch_size": 32, "patience": 2}
+
+
+@dataclass(frozen=True)
+class Start:
+    """One row of the comparison: a short label and the hyperparameters that make it."""
+
+    label: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.hyperparameters.get("weights") != "none"
+
+
+#: The starts, cheapest first. Fine-tuning uses a smaller learning rate, as fine-tuning recipes do: the
+#: pretrained layers should move less than a new head.
+STARTS: tuple[Start, ...] = (
+    Start("random, frozen", {"weights": "none", "freeze_backbone": True, "lr": 1e-3}),
+    Start("pretrained, frozen", {"freeze_backbone": True, "lr": 1e-3}),
+    Start("pretrained, frozen, mlp head", {"freeze_backbone": True, "head": "mlp", "lr": 1e-3}),
+    Start("pretrained, frozen, augmented", {"freeze_backbone": True, "augment": True, "lr": 1e-3}),
+    Start("pretrained, last stage tuned", {"freeze_backbone": False, "finetune": "last", "lr": 3e-4}),
+    Start("pretrained, all layers tuned", {"freeze_backbone": False, "finetune": "all", "lr": 3e-4}),
+)
+
+
+def hyperparameters(static: Mapping[str, Any], start: Start) -> dict[str, Any]:
+    """A start's job: the run's shared settings, :data:`SHARED`, then the start's own changes."""
+    return {**static, **SHARED, **start.hyperparameters}
+
+
+def job_row(start: Start, description: Mapping[str, Any]) -> dict[str, Any]:
+    """One table row from a finished job's ``DescribeTrainingJob``: the validation accuracy of its last epoch
+    (``FinalMetricDataList`` keeps each metric's last value), the epochs it ran and its training seconds."""
+    final = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+    return {"start": start.label, "status": description.get("TrainingJobStatus", "?"),
+            "valid accuracy": final.get(metrics.OBJECTIVE_METRIC, math.nan),
+            "epochs": int(final.get("epoch", 0)) or None,
+            "seconds": description.get("TrainingTimeInSeconds", math.nan)}
+
+
+def table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The comparison as a DataFrame indexed by start."""
+    import pandas as pd
+
+    return pd.DataFrame(list(rows)).set_index("start")
+
+
+def insights(rows: Sequence[Mapping[str, Any]], dataset: str, weights: str) -> list[str]:
+    """What the comparison shows, computed from its rows."""
+    by = {r["start"]: r for r in rows}
+    acc = {k: r["valid accuracy"] for k, r in by.items() if not math.isnan(r["valid accuracy"])}
+    lines: list[str] = []
+    random_, frozen = acc.get(STARTS[0].label), acc.get(STARTS[1].label)
+    if weights == "none":
+        lines.append("This run has no pretrained weights (weights none), so every start begins from random "
+                     "weights: the comparison cannot show what ImageNet features are worth here.")
+    elif random_ is not None and frozen is not None:
+        gain = frozen - random_
+        if gain >= 0.05:
+            lines.append(f"ImageNet features are worth {gain:.1%} of validation accuracy here: a frozen pretrained "
+                         f"backbone scores {frozen:.1%}, the same backbone with random weights {random_:.1%}.")
+        else:
+            lines.append(
+                f"ImageNet features help little on `{dataset}`: {frozen:.1%} frozen and pretrained against "
+                f"{random_:.1%} frozen and random. The features were learnt on photos of objects; "
+                + ("8x8 grey scans of digits, upscaled, look nothing like them (the domain gap), and even random "
+                   "convolutions give a linear classifier enough to separate ten digits."
+                   if dataset == "digits" else "the further a dataset is from such photos (the domain gap), "
+                   "the less they carry over."))
+    tuned = {s.label: acc[s.label] for s in STARTS[4:] if s.label in acc}
+    if frozen is not None and tuned:
+        best_label = max(tuned, key=tuned.__getitem__)
+        seconds = {k: by[k]["seconds"] for k in (STARTS[1].label, best_label)}
+        change = tuned[best_label] - frozen
+        verb = "gains" if change > 0.005 else "loses" if change < -0.005 else "changes"
+        lines.append(f"Fine-tuning ({best_label.removeprefix('pretrained, ')}) {verb} "
+                     f"{abs(change):.1%} over the frozen backbone ({tuned[best_label]:.1%} against {frozen:.1%}) "
+                     f"and takes {seconds[best_label]:.0f} s against {seconds[STARTS[1].label]:.0f} s: a frozen "
+                     "backbone's features are computed once and cached, a tuned one runs forward and backward "
+                     "through every image every epoch.")
+    for s in STARTS[2:4]:
+        if s.label in acc and frozen is not None:
+            d = acc[s.label] - frozen
+            what = "the same" if abs(d) < 0.005 else f"{abs(d):.1%} {'better' if d > 0 else 'worse'}"
+            lines.append(f"The switch `{s.label.removeprefix('pretrained, frozen, ')}` scores {what} than the "
+                         f"plain frozen start ({acc[s.label]:.1%}).")
+    return lines

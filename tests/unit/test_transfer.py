@@ -1,0 +1,51 @@
+import math
+
+from helpers import transfer
+from helpers.runtime.settings import TrainConfig
+
+
+def rows(**acc):
+    labels = [s.label for s in transfer.STARTS]
+    seconds = [3, 3, 2, 9, 12, 40]
+    return [{"start": label, "status": "Completed", "valid accuracy": a, "epochs": 4, "seconds": s}
+            for label, a, s in zip(labels, acc.get("values", [0.9] * 6), seconds)]
+
+
+def test_every_start_is_a_valid_job_of_the_run():
+    static = {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "image_size": 64, "freeze_backbone": True}
+    jobs = [transfer.hyperparameters(static, s) for s in transfer.STARTS]
+    for job in jobs:
+        TrainConfig.from_dict(job)  # the entry point accepts every start
+    assert jobs[0]["weights"] == "none" and all(j["weights"] == "DEFAULT" for j in jobs[1:])
+    assert {(j["freeze_backbone"], j.get("finetune")) for j in jobs[4:]} == {(False, "last"), (False, "all")}
+    assert len({tuple(sorted(j.items())) for j in jobs}) == len(jobs)  # no two starts are the same job
+
+
+def test_a_row_from_describe_training_job():
+    desc = {"TrainingJobStatus": "Completed", "TrainingTimeInSeconds": 7,
+            "FinalMetricDataList": [{"MetricName": "valid:accuracy", "Value": 0.91},
+                                    {"MetricName": "epoch", "Value": 4.0}]}
+    row = transfer.job_row(transfer.STARTS[1], desc)
+    assert row == {"start": "pretrained, frozen", "status": "Completed", "valid accuracy": 0.91, "epochs": 4,
+                   "seconds": 7}
+    failed = transfer.job_row(transfer.STARTS[0], {"TrainingJobStatus": "Failed"})
+    assert math.isnan(failed["valid accuracy"]) and failed["status"] == "Failed"
+
+
+def test_small_gain_on_digits_is_explained_by_the_domain_gap():
+    lines = transfer.insights(rows(values=[0.93, 0.94, 0.94, 0.90, 0.97, 0.98]), "digits", "DEFAULT")
+    assert "help little" in lines[0] and "domain gap" in lines[0] and "94.0%" in lines[0] and "93.0%" in lines[0]
+    assert "all layers tuned" in lines[1] and "gains 4.0%" in lines[1] and "40 s against 3 s" in lines[1]
+    assert "`mlp head` scores the same" in lines[2]
+    assert "`augmented` scores 4.0% worse" in lines[3]
+
+
+def test_a_large_gain_is_reported_as_what_the_weights_are_worth():
+    lines = transfer.insights(rows(values=[0.30, 0.80, 0.82, 0.81, 0.78, 0.70]), "dogImages", "DEFAULT")
+    assert lines[0].startswith("ImageNet features are worth 50.0%")
+    assert "last stage tuned" in lines[1] and "loses 2.0%" in lines[1]
+
+
+def test_without_pretrained_weights_the_comparison_says_it_cannot_tell():
+    lines = transfer.insights(rows(), "digits", "none")
+    assert "cannot show what ImageNet features are worth" in lines[0]
