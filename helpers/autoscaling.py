@@ -61,8 +61,38 @@ def load_test(call: Callable[[], bool], concurrency: Sequence[int] = (1, 4, 8), 
         q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]) if lat else (lambda p: float("nan"))
         rows.append({"concurrency": c, "requests": len(lat), "errors": errors, "seconds": round(wall, 2),
                      "req_per_s": len(lat) / wall if wall else 0.0, "p50_ms": q(0.5), "p95_ms": q(0.95),
-                     "p99_ms": q(0.99)})
+                     "p99_ms": q(0.99), "latencies_ms": lat})
     return rows
+
+
+def load_table(rows: list[dict[str, Any]]) -> Any:
+    """A load test's rows as a DataFrame by concurrency, without the raw latencies."""
+    import pandas as pd
+
+    return pd.DataFrame(rows).drop(columns="latencies_ms", errors="ignore").set_index("concurrency")
+
+
+def median_interval(latencies: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free 95% interval for the median: the order statistics ``n/2 -/+ z sqrt(n)/2``."""
+    xs = sorted(latencies)
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan
+    half = z * math.sqrt(n) / 2
+    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
+    return xs[lo], xs[hi]
+
+
+def compare_medians(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float]) -> str:
+    """Which of two sets of latencies has the lower median, only when their 95% intervals do not overlap."""
+    (a_lo, a_hi), (b_lo, b_hi) = median_interval(a), median_interval(b)
+    a_med, b_med = statistics.median(a), statistics.median(b)
+    said = (f"{name_a}: p50 {a_med:.0f} ms (95% interval {a_lo:.0f}-{a_hi:.0f}, {len(a)} requests); "
+            f"{name_b}: p50 {b_med:.0f} ms ({b_lo:.0f}-{b_hi:.0f}, {len(b)} requests)")
+    if a_hi < b_lo or b_hi < a_lo:
+        faster = name_a if a_med < b_med else name_b
+        return f"{said}: {faster} is faster, beyond the noise of these samples."
+    return f"{said}: the intervals overlap, so these requests cannot tell which path is faster."
 
 
 def step_load(call: Callable[[], str | None], steps: Sequence[tuple[int, float]],
@@ -150,12 +180,53 @@ def daily_wave(minutes: int, low: float, high: float, period: int = 240) -> list
 # The simulator
 
 
+#: AWS's load-testing rule for the target: SageMakerVariantInvocationsPerInstance = MAX_RPS x SAFETY_FACTOR x 60,
+#: starting with a safety factor of 0.5 (https://docs.aws.amazon.com/sagemaker/latest/dg/endpoint-scaling-loadtest.html).
+LOAD_TEST_SAFETY_FACTOR = 0.5
+
+
+def recommended_target(max_rps: float, safety_factor: float = LOAD_TEST_SAFETY_FACTOR) -> float:
+    """The target invocations per instance per minute that AWS's load-testing guide derives from a load test."""
+    return max_rps * safety_factor * 60
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """What the service does between a metric and a serving instance, as the simulation models it.
+
+    Target tracking creates two CloudWatch alarms on the one-minute metric: scale out when
+    ``scale_out_datapoints`` datapoints in a row are above the target, scale in when ``scale_in_datapoints``
+    in a row are below it (3 and 15 on AWS). A new instance serves ``startup_s`` after the decision (it is
+    launched, pulls the image, loads the model: several minutes on SageMaker); it is billed from the
+    decision. Cooldowns are the policy's.
+    """
+
+    scale_out_datapoints: int = 3
+    scale_in_datapoints: int = 15
+    startup_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.scale_out_datapoints < 1 or self.scale_in_datapoints < 1 or self.startup_s < 0:
+            raise ValueError("datapoints must be >= 1 and startup_s >= 0")
+
+    @property
+    def startup_minutes(self) -> int:
+        return math.ceil(self.startup_s / 60)
+
+
+#: An idealised service (instant alarms and instances), to show what the real delays cost.
+INSTANT = ServiceModel(scale_out_datapoints=1, scale_in_datapoints=1, startup_s=0)
+
+
 @dataclass
 class SimResult:
     policy: ScalingPolicy
+    service: ServiceModel = field(default_factory=ServiceModel)
+    objective_ms: float = math.inf  # the latency objective: minutes above it count against a policy
     minutes: list[int] = field(default_factory=list)
     traffic: list[float] = field(default_factory=list)
-    instances: list[int] = field(default_factory=list)
+    instances: list[int] = field(default_factory=list)  # billed: serving plus starting
+    serving: list[int] = field(default_factory=list)
     per_instance: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     events: list[tuple[int, str, int, int]] = field(default_factory=list)  # (minute, "out"/"in", from, to)
@@ -163,7 +234,7 @@ class SimResult:
     def summary(self) -> dict[str, Any]:
         return {"policy": self.policy.name, "instance_minutes": sum(self.instances),
                 "max_instances": max(self.instances), "scale_events": len(self.events),
-                "minutes_over_target": sum(p > self.policy.target_invocations_per_instance for p in self.per_instance),
+                "minutes_over_objective": sum(lat > self.objective_ms for lat in self.latency_ms),
                 "p50_latency_ms": statistics.median(self.latency_ms),
                 "max_latency_ms": max(self.latency_ms)}
 
@@ -176,63 +247,107 @@ def estimated_latency(per_instance_per_minute: float, capacity_rps: float, base_
 
 
 def simulate(traffic: Sequence[float], policy: ScalingPolicy, capacity_rps: float, base_latency_ms: float,
-             start_instances: int | None = None) -> SimResult:
-    """Target tracking, minute by minute.
+             start_instances: int | None = None, service: ServiceModel = ServiceModel(),
+             objective_ms: float = math.inf) -> SimResult:
+    """Target tracking, minute by minute, as the service applies it.
 
-    Each minute: the metric is invocations per instance; the desired count is
-    ``ceil(invocations / target)`` clamped to [min, max]. Scale-out happens when desired > current and
-    the scale-out cooldown has passed since the last scale-out; scale-in when desired < current and
-    the scale-in cooldown has passed since the last scaling activity. New instances serve from the
-    next minute.
+    Each minute the serving instances share the traffic; the metric is invocations per serving instance,
+    and the latency is estimated from it. When the last ``scale_out_datapoints`` datapoints were all above
+    the target, the desired count becomes ``ceil(invocations / target)`` (clamped to [min, max]) if the
+    scale-out cooldown has passed since the last scale-out; the new instances serve ``startup_s`` later.
+    When the last ``scale_in_datapoints`` were all below it and the scale-in cooldown has passed since the
+    last scaling activity, instances are removed at once (those still starting first).
     """
     if capacity_rps <= 0:
         raise ValueError("capacity_rps must be > 0")
-    n = start_instances or policy.min_capacity
-    n = min(policy.max_capacity, max(policy.min_capacity, n))
+    target = policy.target_invocations_per_instance
+    serving = min(policy.max_capacity, max(policy.min_capacity, start_instances or policy.min_capacity))
+    starting: list[int] = []  # the minute each starting instance begins to serve
     last_out = last_any = -math.inf
-    res = SimResult(policy=policy)
+    res = SimResult(policy=policy, service=service, objective_ms=objective_ms)
+    metric: list[float] = []
     for minute, load in enumerate(traffic):
         now = minute * 60.0
-        per = load / n
+        serving += sum(1 for m in starting if m == minute)
+        starting = [m for m in starting if m > minute]
+        per = load / serving
+        metric.append(per)
         res.minutes.append(minute)
         res.traffic.append(load)
-        res.instances.append(n)
+        res.instances.append(serving + len(starting))
+        res.serving.append(serving)
         res.per_instance.append(per)
         res.latency_ms.append(estimated_latency(per, capacity_rps, base_latency_ms))
-        desired = min(policy.max_capacity, max(policy.min_capacity,
-                                               math.ceil(load / policy.target_invocations_per_instance)))
-        if desired > n and now - last_out >= policy.scale_out_cooldown_s:
-            res.events.append((minute, "out", n, desired))
-            n, last_out, last_any = desired, now, now
-        elif desired < n and now - last_any >= policy.scale_in_cooldown_s:
-            res.events.append((minute, "in", n, desired))
-            n, last_any = desired, now
+        current = serving + len(starting)
+        desired = min(policy.max_capacity, max(policy.min_capacity, math.ceil(load / target)))
+        high = len(metric) >= service.scale_out_datapoints and all(
+            v > target for v in metric[-service.scale_out_datapoints:])
+        low = len(metric) >= service.scale_in_datapoints and all(
+            v < target for v in metric[-service.scale_in_datapoints:])
+        if high and desired > current and now - last_out >= policy.scale_out_cooldown_s:
+            res.events.append((minute, "out", current, desired))
+            starting += [minute + max(1, service.startup_minutes)] * (desired - current)
+            last_out = last_any = now
+        elif low and desired < current and now - last_any >= policy.scale_in_cooldown_s:
+            res.events.append((minute, "in", current, desired))
+            remove = current - desired
+            cancelled = min(remove, len(starting))
+            starting = starting[:len(starting) - cancelled]
+            serving -= remove - cancelled
+            last_any = now
     return res
 
 
 def insights(results: list[SimResult], capacity_rps: float) -> list[str]:
-    """Plain-language comparison of simulated policies (labelled as a simulation)."""
+    """Plain-language comparison of simulated policies (labelled as a simulation): first on the latency objective
+    (minutes the estimated latency spent above it), then on cost (instance-minutes)."""
     out = [f"{SIMULATION}: one instance was measured at {capacity_rps:.1f} requests/s "
            f"({capacity_rps * 60:.0f} invocations per minute) on this machine."]
     for r in results:
         s = r.summary()
-        out.append(f"{SIMULATION}, policy {s['policy']}: {s['instance_minutes']} instance-minutes, up to "
+        over = ("" if math.isinf(r.objective_ms) else
+                f"{s['minutes_over_objective']} minute(s) above the {r.objective_ms:.0f} ms objective, ")
+        out.append(f"{SIMULATION}, policy {s['policy']}: {over}{s['instance_minutes']} instance-minutes, up to "
                    f"{s['max_instances']} instance(s), {s['scale_events']} scaling event(s), estimated p50 latency "
                    f"{s['p50_latency_ms']:.0f} ms (worst {s['max_latency_ms']:.0f} ms).")
     if len(results) >= 2:
         a, b = results[0].summary(), results[1].summary()
+        if a["minutes_over_objective"] == b["minutes_over_objective"]:
+            objective = (f"both spend {a['minutes_over_objective']} minute(s) above the latency objective"
+                         if not math.isinf(results[0].objective_ms) else "")
+        else:
+            better = min(a, b, key=lambda s: s["minutes_over_objective"])
+            worse = max(a, b, key=lambda s: s["minutes_over_objective"])
+            objective = (f"{better['policy']} meets the latency objective more often "
+                         f"({better['minutes_over_objective']} minute(s) above it, against "
+                         f"{worse['minutes_over_objective']})")
         if math.isclose(a["instance_minutes"], b["instance_minutes"], rel_tol=TIE):
-            cost = f"both policies cost the same, {a['instance_minutes']} instance-minutes"
+            cost = f"both cost the same, {a['instance_minutes']} instance-minutes"
         else:
             cheaper = min(a, b, key=lambda s: s["instance_minutes"])
             cost = f"{cheaper['policy']} costs fewer instance-minutes"
-        if math.isclose(a["max_latency_ms"], b["max_latency_ms"], rel_tol=TIE):
-            latency = f"their worst latency is the same, {a['max_latency_ms']:.0f} ms"
-        else:
-            latency = f"{min(a, b, key=lambda s: s['max_latency_ms'])['policy']} keeps the worst latency lower"
-        out.append(f"{SIMULATION}: {cost}; {latency}.")
+        out.append(f"{SIMULATION}: " + "; ".join(x for x in (objective, cost) if x) + ".")
     return out
 
+
+def startup_insight(result: SimResult) -> str | None:
+    """What the alarms and the start-up delay cost in a run: the longest stretch the traffic needed more instances
+    than were serving."""
+    short = [m for m, load, n in zip(result.minutes, result.traffic, result.serving)
+             if load / n > result.policy.target_invocations_per_instance]
+    if not result.events or not short:
+        return None
+    first_out = next((m for m, kind, _, _ in result.events if kind == "out"), None)
+    if first_out is None:
+        return None
+    start = max((m for m in short if m <= first_out), default=first_out)
+    while start - 1 in short:
+        start -= 1
+    ready = first_out + max(1, result.service.startup_minutes)
+    return (f"{SIMULATION}, policy {result.policy.name}: the traffic rose above the target at minute {start}; the "
+            f"scale-out alarm needs {result.service.scale_out_datapoints} datapoints above it, so the decision came at "
+            f"minute {first_out}, and the new instances served from minute {ready} "
+            f"({result.service.startup_s / 60:.0f} minutes of start-up): {ready - start} minutes on too few instances.")
 
 
 def replica_insights(timeline: Any) -> list[str]:

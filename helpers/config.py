@@ -87,8 +87,8 @@ class RunConfig:
     """Parameters shared by the chapters. Invalid values raise :class:`ConfigError` on creation."""
 
     dataset: str = "digits"
-    backbone: str = "resnet18"
-    weights: str = "none"
+    backbone: str = "efficientnet_lite0"
+    weights: str = "DEFAULT"
     backend: str = "local"
     work_dir: str = ""
     #: Side of the square model input; 0 picks 224, or 64 for the small embedded datasets (digits, synthetic).

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from helpers.runtime.debugger import quiet_smdebug
+from helpers.runtime.debugger import ACTIVATION_INPUTS, quiet_smdebug
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +148,19 @@ RULES: tuple[RuleInfo, ...] = (
              "Validation loss is well above training loss: the model memorises the training set.",
              "Add regularisation (dropout, weight decay, augmentation), more data, or stop earlier."),
     RuleInfo("overtraining", "Overtraining",
-             "The loss stopped improving: more epochs only cost time and risk overfitting.",
-             "Use early stopping (patience) or fewer epochs."),
+             "The loss has made no new low for several epochs in a row (training: 5, validation: 10, each "
+             "epoch's mean): the model has stopped getting better, and more epochs only cost time and risk "
+             "overfitting.",
+             "Stop earlier: early stopping on the validation loss (patience), fewer epochs, and keep the best "
+             "epoch's weights (the entry point does)."),
     RuleInfo("poor_weight_initialization", "PoorWeightInitialization",
              "Activations or gradients at the start look badly scaled across layers.",
              "Use a standard initialisation (Kaiming/Xavier) or pretrained weights."),
     RuleInfo("loss_not_decreasing", "LossNotDecreasing",
-             "The loss stopped going down between checks.",
-             "Check the learning rate (too high or too low) and the data labels."),
+             "Within a short window (the mean of the last 10 saved losses against the 10 before) the loss fell "
+             "by less than 0.1% or rose: progress right now is flat or reversed, which a learning rate that "
+             "is too low (a crawl) or too high (bouncing) can cause, even while the best epoch is still improving.",
+             "Check the learning rate first, then that the labels match the images."),
     RuleInfo("class_imbalance", "ClassImbalance",
              "Some classes have far more samples than others, or a class is mostly mispredicted.",
              "Rebalance the data (sampling or class weights) and watch per-class accuracy."),
@@ -197,13 +202,21 @@ def open_trial(path: str | Path) -> Any:
     return trial
 
 
+#: Parameters this book sets apart from SageMaker's defaults: the activation inputs the hook records are the
+#: ReLU layers' (``...relu_input_0``) and, for timm's networks, whose ReLU6 sits in each block's ``act``,
+#: ``...act_input_0`` (``helpers.runtime.debugger.ACTIVATION_INPUTS``); SageMaker's default sees the first only.
+BOOK_PARAMS: dict[str, dict[str, Any]] = {
+    "poor_weight_initialization": {"activation_inputs_regex": ACTIVATION_INPUTS},
+}
+
+
 def evaluate_rule(trial: Any, info: RuleInfo, params: dict[str, Any] | None = None) -> RuleResult:
     """Run one rule over every step of the trial; never raises for a rule that cannot run."""
     quiet_smdebug()
     from smdebug.exceptions import NoMoreData, RuleEvaluationConditionMet
     from smdebug.rules.rule_invoker import invoke_rule
 
-    params = params or {}
+    params = {**BOOK_PARAMS.get(info.name, {}), **(params or {})}
     try:
         rule = rule_class(info.name)(trial, **params)
     except (RuleConfigError, TrialError) as e:
@@ -233,14 +246,73 @@ def evaluate_rules(tensors_dir: str | Path, params: dict[str, dict[str, Any]] | 
     return [evaluate_rule(trial, info, params.get(info.name)) for info in rules]
 
 
-def results_table(results: list[RuleResult]):
-    """The results as a DataFrame: rule, status, first step, detail, what it means, what to do."""
+def results_table(results: list[RuleResult], spans: list[tuple[int, int, int]] | None = None, *,
+                  explained: bool = True):
+    """The results as a DataFrame: rule, status, first step (and its epoch, given the trial's ``spans``), detail,
+    and unless ``explained`` is False what it means and what to do (the page puts those under the table:
+    :func:`explanations`)."""
     import pandas as pd
 
     df = pd.DataFrame([r.to_dict() for r in results])
     df["first_step"] = df["first_step"].astype("Int64")
+    if spans is not None:
+        df.insert(df.columns.get_loc("first_step") + 1, "epoch",
+                  pd.array([epoch_of(s, spans) if s is not pd.NA else None for s in df["first_step"]], dtype="Int64"))
+    if not explained:
+        df = df.drop(columns=["meaning", "action"])
     df = df.rename(columns={"first_step": "first step", "meaning": "what it means", "action": "what to do"})
     return df.set_index("rule")
+
+
+def explanations(results: list[RuleResult]) -> list[str]:
+    """One sentence pair per rule, what it means and what to do, for the list under the results table."""
+    return [f"`{r.rule}` ({'fired' if r.status == 'IssuesFound' else r.status}): {r.meaning} What to do: {r.action}"
+            for r in results]
+
+
+def epoch_spans(trial: Any) -> list[tuple[int, int, int]]:
+    """``(epoch, first global step, last global step)`` of every epoch. smdebug numbers its steps across modes,
+    so an epoch's global steps are its training batches and then its validation batches: a run of TRAIN
+    steps with the EVAL steps after it. (The test split, evaluated after the last epoch, counts in that one.)"""
+    modes = _modes()
+    phases = loss_phases(trial, _loss_tensor(trial, None))
+    starts = [ph["start"] for ph in phases if ph["mode"] == modes.TRAIN]
+    if not starts:
+        return []
+    ends = [s - 1 for s in starts[1:]] + [max(ph["end"] for ph in phases)]
+    return [(i + 1, a, b) for i, (a, b) in enumerate(zip(starts, ends))]
+
+
+def epoch_of(step: int, spans: list[tuple[int, int, int]]) -> int | None:
+    """The epoch a global step belongs to (None outside every span)."""
+    return next((e for e, a, b in spans if a <= step <= b), None)
+
+
+def step_insights(results: list[RuleResult], spans: list[tuple[int, int, int]], kept_epoch: int | None) -> list[str]:
+    """Relate the steps where rules fired to epochs, and to the epoch whose weights were kept."""
+    if not spans:
+        return []
+    per_epoch = [b - a + 1 for _, a, b in spans[:-1]] or [spans[0][2] - spans[0][1] + 1]
+    lines = [f"Debugger numbers steps across training and validation: an epoch here spans about "
+             f"{round(sum(per_epoch) / len(per_epoch))} global steps (its training batches, then its validation "
+             f"batches), so the {len(spans)} epochs run from step {spans[0][1]} to step {spans[-1][2]}."]
+    for r in results:
+        if r.status != "IssuesFound" or r.first_step is None:
+            continue
+        epoch = epoch_of(r.first_step, spans)
+        if epoch is None:
+            continue
+        if kept_epoch is None:
+            when = ""
+        elif epoch > kept_epoch:
+            when = (f", after epoch {kept_epoch}, whose weights are the model kept: it describes epochs the kept "
+                    "model did not train")
+        elif epoch == kept_epoch:
+            when = ", the epoch whose weights are the model kept"
+        else:
+            when = f", before epoch {kept_epoch}, whose weights are kept: it describes the way there"
+        lines.append(f"`{r.rule}` fired at step {r.first_step}, in epoch {epoch}{when}.")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------

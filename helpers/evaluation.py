@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,3 +118,26 @@ def history_insights(history: list[dict]) -> list[str]:
 
 def _times(n: int) -> str:
     return "once" if n == 1 else "twice" if n == 2 else f"{n} times"
+
+
+def wilson_interval(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% (Wilson score) interval of an accuracy measured as ``right`` of ``n``."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = right / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sample_insight(right: int, n: int, split_accuracy: float, split_size: int | None = None) -> str:
+    """Whether ``right`` of ``n`` requests agree with the accuracy of the whole test split, given sampling noise."""
+    lo, hi = wilson_interval(right, n)
+    said = (f"The endpoint's top-1 label was right for {right} of {n} requests ({right / max(1, n):.0%}; 95% interval "
+            f"{lo:.0%}-{hi:.0%}), against {split_accuracy:.0%} on the whole test split"
+            + (f" of {split_size:,} images" if split_size else ""))
+    if lo <= split_accuracy <= hi:
+        return (said + f": {n} requests are a small sample of that split, and the difference is within its "
+                "sampling noise, not a sign that serving predicts differently from training.")
+    return (said + ": the split's accuracy lies outside the sample's interval, so serving may not predict as the "
+            "evaluation did: compare the preprocessing of the two paths.")

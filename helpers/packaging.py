@@ -13,11 +13,14 @@ import tarfile
 from pathlib import Path
 
 from helpers.runtime.bundle import write_bundle
+from helpers.runtime.catalog import BACKBONE_REQUIREMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Packages the SageMaker PyTorch training container lacks (torch and torchvision are the container's own).
 TRAIN_REQUIREMENTS = ("tqdm", "psutil", "nvidia-ml-py")
+#: ... and those of the job's backbone (timm and the packaged weights for EfficientNet-Lite0):
+#: ``helpers.runtime.catalog.BACKBONE_REQUIREMENTS``.
 #: Only for a job that registers the Debugger hook: smdebug builds ``pyinstrument-cext`` from source and
 #: pins an old protobuf, minutes and a downgrade that a tuning trial does not need.
 DEBUGGER_REQUIREMENTS = ("smdebug",)
@@ -38,10 +41,13 @@ def pinned(packages: tuple[str, ...]) -> list[str]:
     return [f"{p}=={versions[p]}" if p in versions else p for p in packages]
 
 
-def stage_source_dir(dest: str | os.PathLike[str], debugger: bool = True, tracking: bool = False) -> Path:
+def stage_source_dir(dest: str | os.PathLike[str], debugger: bool = True, tracking: bool = False,
+                     backbone: str = "") -> Path:
     """The training ``source_dir``: ``train.py`` at its root, the runtime bundle, ``requirements.txt``
-    (with smdebug only when the job runs the ``debugger``, MLflow and TensorBoard only when it is ``tracking``)."""
-    return write_bundle(dest, pinned(TRAIN_REQUIREMENTS + (DEBUGGER_REQUIREMENTS if debugger else ())
+    (with smdebug only when the job runs the ``debugger``, MLflow and TensorBoard only when it is ``tracking``,
+    and what the ``backbone`` needs besides torchvision)."""
+    return write_bundle(dest, pinned(TRAIN_REQUIREMENTS + BACKBONE_REQUIREMENTS.get(backbone, ())
+                                     + (DEBUGGER_REQUIREMENTS if debugger else ())
                                      + (TRACKING_REQUIREMENTS if tracking else ())))
 
 

@@ -6,9 +6,10 @@ Figures are built without pyplot, so nothing global changes and a notebook shows
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from matplotlib.figure import Figure
 from PIL import Image
@@ -19,8 +20,40 @@ if TYPE_CHECKING:
 SPLIT_COLORS = {"train": "#1f77b4", "valid": "#ff7f0e", "test": "#2ca02c"}
 #: The width of the book's text column at a 1200 px window: wider figures are scaled down to it.
 BOOK_COLUMN_PX = 624
+#: The smallest text the book shows, in CSS pixels.
+MIN_TEXT_PX = 10.0
 
 
+def readable(fig: Figure, column_px: int = BOOK_COLUMN_PX, min_px: float = MIN_TEXT_PX) -> Figure:
+    """Enlarge every text of ``fig`` that the book's column would show smaller than ``min_px`` pixels (a wide
+    figure is scaled down to the column, its text with it), tick labels included."""
+    from matplotlib.text import Text
+
+    scale = min(1.0, column_px / (fig.get_figwidth() * fig.dpi))
+    floor = min_px * 72 / (fig.dpi * scale)  # points
+    for ax in fig.axes:
+        ax.tick_params(which="both", labelsize=max(floor, _tick_size(ax)))
+    for t in fig.findobj(Text):
+        if t.get_fontsize() < floor:
+            t.set_fontsize(floor)
+    return fig
+
+
+def _tick_size(ax: Any) -> float:
+    labels = ax.get_xticklabels() + ax.get_yticklabels()
+    return min((t.get_fontsize() for t in labels), default=0.0)
+
+
+def for_the_book(make: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
+    """A figure function whose figure the book shows with every text at 10 px or more (:func:`readable`)."""
+    @functools.wraps(make)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure | None:
+        fig = make(*args, **kwargs)
+        return readable(fig) if fig is not None else None
+    return wrapper
+
+
+@for_the_book
 def class_counts(report: DatasetReport, max_labels: int = 40) -> Figure:
     """Images per class, stacked by split; class labels are shown when there are few enough."""
     from helpers.data import display_name
@@ -47,6 +80,7 @@ def class_counts(report: DatasetReport, max_labels: int = 40) -> Figure:
     return fig
 
 
+@for_the_book
 def sample_grid(report: DatasetReport, split: str = "train", max_classes: int = 12, per_class: int = 8) -> Figure:
     """A grid of example images: one row per class (up to ``max_classes``), labelled with its name."""
     from helpers.data import display_name
@@ -73,8 +107,12 @@ def sample_grid(report: DatasetReport, split: str = "train", max_classes: int = 
     return fig
 
 
-def size_distribution(report: DatasetReport) -> Figure:
-    """Image width and height: a scatter with marginal histograms folded into two panels."""
+@for_the_book
+def size_distribution(report: DatasetReport) -> Figure | None:
+    """Image width and height: a scatter with marginal histograms folded into two panels; None when every image
+    has the same size (a single point says nothing: the chapter says the size instead)."""
+    if len(set(zip(report.widths, report.heights))) <= 1:
+        return None
     fig = Figure(figsize=(10, 3.6), layout="tight")
     ax1, ax2 = fig.subplots(1, 2)
     w, h = report.widths, report.heights
@@ -96,6 +134,7 @@ def size_distribution(report: DatasetReport) -> Figure:
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#bbbbbb", "FAIL": "#d62728", "RUNNING": "#ff7f0e"}
 
 
+@for_the_book
 def tuning_history(trials, objective: str = "valid:accuracy") -> Figure:
     """Objective per trial (pruned trials at their last reported value) with the best-so-far line."""
     fig = Figure(figsize=(8, 3.6), layout="tight")
@@ -114,6 +153,7 @@ def tuning_history(trials, objective: str = "valid:accuracy") -> Figure:
     return fig
 
 
+@for_the_book
 def tuning_parameters(trials, params: tuple[str, ...] = ("lr", "batch_size", "epochs"),
                       objective: str = "valid:accuracy") -> Figure:
     """The objective against each tuned parameter (log scale for the learning rate)."""
@@ -133,6 +173,7 @@ def tuning_parameters(trials, params: tuple[str, ...] = ("lr", "batch_size", "ep
     return fig
 
 
+@for_the_book
 def parallel_coordinates(trials, params: tuple[str, ...] = ("lr", "batch_size", "epochs"),
                          objective: str = "valid:accuracy") -> Figure:
     """One line per trial across its hyperparameters and objective, coloured by the objective (grey: no value).
@@ -180,6 +221,7 @@ def parallel_coordinates(trials, params: tuple[str, ...] = ("lr", "batch_size", 
     return fig
 
 
+@for_the_book
 def epochs_and_steps(curves, steps: dict) -> Figure:
     """Left: the per-epoch loss MLflow recorded for the run. Right: the per-step loss of the Debugger trial."""
     fig = Figure(figsize=(10, 3.4), layout="tight")
@@ -197,6 +239,7 @@ def epochs_and_steps(curves, steps: dict) -> Figure:
     return fig
 
 
+@for_the_book
 def system_usage(samples: list[dict]) -> Figure:
     """CPU per core, memory and disk I/O over time (and GPU utilisation and memory when recorded)."""
     import numpy as np
@@ -235,6 +278,7 @@ def system_usage(samples: list[dict]) -> Figure:
     return fig
 
 
+@for_the_book
 def step_times(steps: list[dict]) -> Figure:
     """Each training step split into waiting for data and computing, and the step-duration histogram."""
     fig = Figure(figsize=(10, 3.2), layout="tight")
@@ -255,6 +299,7 @@ def step_times(steps: list[dict]) -> Figure:
     return fig
 
 
+@for_the_book
 def loss_per_step(curves: dict) -> Figure:
     """Training loss per saved step, and validation loss per batch with its mean per evaluation."""
     fig = Figure(figsize=(8, 3.4), layout="tight")
@@ -282,6 +327,7 @@ def _draw_step_losses(ax, curves: dict) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
+@for_the_book
 def gradient_norms(norms: dict) -> Figure:
     """L2 norm of each layer's gradient over training steps (log scale)."""
     fig = Figure(figsize=(8, 3.6), layout="tight")
@@ -297,6 +343,7 @@ def gradient_norms(norms: dict) -> Figure:
     return fig
 
 
+@for_the_book
 def weight_distributions(weights: dict, max_layers: int = 4) -> Figure:
     """Histogram of each saved weight tensor at its first and last saved step."""
     names = list(weights)[:max_layers]
@@ -304,8 +351,8 @@ def weight_distributions(weights: dict, max_layers: int = 4) -> Figure:
     axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
     for ax, name in zip(axes, names):
         first, last, s0, s1 = weights[name]
-        ax.hist(first, bins=40, alpha=0.6, label=f"step {s0}")
-        ax.hist(last, bins=40, alpha=0.6, label=f"step {s1}")
+        ax.hist(last, bins=40, alpha=0.5, color="#ff7f0e", label=f"step {s1}")
+        ax.hist(first, bins=40, histtype="step", lw=1.8, color="#1f77b4", label=f"step {s0}", zorder=3)
         ax.set_title(name.replace("TransferModel_", ""), fontsize=9)
         ax.legend(frameon=False, fontsize=7)
         ax.spines[["top", "right"]].set_visible(False)
@@ -313,6 +360,7 @@ def weight_distributions(weights: dict, max_layers: int = 4) -> Figure:
     return fig
 
 
+@for_the_book
 def confusion_matrix(cm, names: list[str], max_labels: int = 30) -> Figure:
     """Confusion matrix (rows true, columns predicted), row-normalised colours with counts."""
     import numpy as np
@@ -350,6 +398,7 @@ def rendered_text_px(fig: Figure, column_px: int = BOOK_COLUMN_PX) -> float:
     return min(sizes, default=float("inf")) * fig.dpi / 72 * scale
 
 
+@for_the_book
 def prediction_gallery(images: list, predictions: list[list[dict]], truths: list[str] | None = None,
                        cols: int = 3, title: str = "Predictions") -> Figure:
     """Each image beside its top labels; the title is green when the first label is right, red when wrong."""
@@ -380,6 +429,7 @@ def prediction_gallery(images: list, predictions: list[list[dict]], truths: list
     return fig
 
 
+@for_the_book
 def load_test(results: dict) -> Figure:
     """Throughput and p50/p95 latency by concurrency, one line per path (e.g. direct vs through the function URL)."""
     fig = Figure(figsize=(10, 3.4), layout="tight")
@@ -390,6 +440,8 @@ def load_test(results: dict) -> Figure:
         ax2.plot(c, [r["p50_ms"] for r in rows], marker="o", label=f"{label} p50")
         ax2.plot(c, [r["p95_ms"] for r in rows], marker="x", ls="--", label=f"{label} p95")
     ax1.set_xlabel("concurrent clients")
+    ax1.set_ylim(0, None)  # from zero: a narrow axis turns noise into trends
+    ax2.set_ylim(0, None)
     ax1.set_ylabel("requests / s")
     ax1.set_title("Throughput of one instance")
     ax2.set_xlabel("concurrent clients")
@@ -401,6 +453,7 @@ def load_test(results: dict) -> Figure:
     return fig
 
 
+@for_the_book
 def simulation(results: list, title: str) -> Figure:
     """SIMULATION: traffic, instances, invocations per instance and estimated latency over time by policy."""
     fig = Figure(figsize=(10, 7.5), layout="tight")
@@ -408,23 +461,31 @@ def simulation(results: list, title: str) -> Figure:
     axes[0].plot(results[0].minutes, results[0].traffic, color="k")
     axes[0].set_ylabel("invocations\n/ minute")
     for r in results:
-        axes[1].step(r.minutes, r.instances, where="post", label=r.policy.name)
-        axes[2].plot(r.minutes, r.per_instance, label=r.policy.name)
-        axes[3].plot(r.minutes, r.latency_ms, label=r.policy.name)
-        axes[2].axhline(r.policy.target_invocations_per_instance, ls=":", lw=0.8,
-                        color=axes[2].lines[-1].get_color())
+        axes[1].step(r.minutes, r.instances, where="post", label=f"{r.policy.name}: billed")
+        color = axes[1].lines[-1].get_color()
+        if getattr(r, "serving", None) and r.serving != r.instances:
+            axes[1].step(r.minutes, r.serving, where="post", ls="--", color=color, label=f"{r.policy.name}: serving")
+        axes[2].plot(r.minutes, r.per_instance, label=r.policy.name, color=color)
+        axes[3].plot(r.minutes, r.latency_ms, label=r.policy.name, color=color)
+        axes[2].axhline(r.policy.target_invocations_per_instance, ls=":", lw=0.8, color=color)
+    objective = getattr(results[0], "objective_ms", float("inf"))
+    if objective != float("inf"):
+        axes[3].axhline(objective, ls=":", color="k", lw=1)
+        axes[3].annotate("latency objective", (results[0].minutes[0], objective), xytext=(2, 2),
+                         textcoords="offset points", fontsize=10)
     axes[1].set_ylabel("instances")
     axes[2].set_ylabel("invocations /\ninstance / min")
     axes[3].set_ylabel("est. latency\n(ms)")
     axes[3].set_yscale("log")
     axes[3].set_xlabel("minute")
-    axes[1].legend(frameon=False, fontsize=8)
+    axes[1].legend(frameon=False, fontsize=10, ncol=2)
     for ax in axes:
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle(f"SIMULATION (not a measurement): {title}")
     return fig
 
 
+@for_the_book
 def replica_scaling(timeline) -> Figure:
     """A stepped load against a Ray Serve endpoint: clients and replicas, throughput, and latency over time."""
     fig = Figure(figsize=(10, 6.4), layout="tight")

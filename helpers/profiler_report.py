@@ -330,11 +330,30 @@ def insights(p: Profile, results: list[ProfilerRuleResult]) -> list[str]:
     return out
 
 
-def results_table(results: list[ProfilerRuleResult]):
+#: What the page's table says of a GPU rule on a job without a GPU (the reason is said once, under the table).
+NO_GPU = "no GPU"
+
+
+def results_table(results: list[ProfilerRuleResult], *, explained: bool = True):
+    """Rule, status, triggered, datapoints, numbers and (unless ``explained`` is False) the recommendation.
+    The page's table is short (``explained=False``), with :func:`explanations` under it."""
     import pandas as pd
 
-    return pd.DataFrame([{"rule": r.rule, "status": r.status, "triggered": r.triggered, "datapoints": r.datapoints,
-                          "numbers": r.numbers, "recommendation": r.recommendation} for r in results]).set_index("rule")
+    rows = [{"rule": r.rule, "status": r.status, "triggered": r.triggered, "datapoints": r.datapoints,
+             "numbers": NO_GPU if not explained and r.status == "NotApplicable" else r.numbers,
+             **({"recommendation": r.recommendation} if explained else {})} for r in results]
+    return pd.DataFrame(rows).set_index("rule")
+
+
+def explanations(results: list[ProfilerRuleResult]) -> list[str]:
+    """Under the table: the rules that do not apply, named once with the reason; each other rule's advice."""
+    absent = [r for r in results if r.status == "NotApplicable"]
+    lines = []
+    if absent:
+        lines.append(", ".join(f"`{r.rule}`" for r in absent) + f": {absent[0].numbers}, so they do not apply here.")
+    lines += [f"`{r.rule}` ({'fired' if r.status == 'IssuesFound' else 'no issue'}): {r.description} "
+              f"{r.recommendation}" for r in results if r.status != "NotApplicable"]
+    return lines
 
 
 def top_ops_table(p: Profile, n: int = 10):

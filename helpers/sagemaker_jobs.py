@@ -97,7 +97,8 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
     tracking = bool(environment and "MLFLOW_TRACKING_URI" in environment)  # mlflow shipped only then
     # staged in the work folder (the SDK uploads it when the job starts), replaced by the next trainer of that name
     src = Path(source_dir) if source_dir else stage_source_dir(cfg.work_path / "source" / base_job_name,
-                                                              debugger=debugger, tracking=tracking or tensorboard)
+                                                              debugger=debugger, tracking=tracking or tensorboard,
+                                                              backbone=str(hyperparameters.get("backbone", "")))
     hyperparameters, channels = weights_channel(session, prefix, hyperparameters)
     trainer = ModelTrainer(
         training_image=training_image(session.boto_region_name, instance_type),

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from helpers.runtime import metrics
 
 #: What every start shares, so the rows differ only in what their names say (a short run: it is a comparison).
-SHARED: dict[str, Any] = {"epochs": 4, "batch_size": 32, "patience": 2}
+SHARED: dict[str, Any] = {"epochs": 2, "batch_size": 32, "patience": 1}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,11 @@ def table(rows: Sequence[Mapping[str, Any]]) -> Any:
     return pd.DataFrame(list(rows)).set_index("start")
 
 
+def points(difference: float) -> str:
+    """An accuracy difference in percentage points: ``0.111`` reads ``11.1 points``."""
+    return f"{difference * 100:.1f} points"
+
+
 def insights(rows: Sequence[Mapping[str, Any]], dataset: str, weights: str) -> list[str]:
     """What the comparison shows, computed from its rows."""
     by = {r["start"]: r for r in rows}
@@ -76,8 +81,8 @@ def insights(rows: Sequence[Mapping[str, Any]], dataset: str, weights: str) -> l
     elif random_ is not None and frozen is not None:
         gain = frozen - random_
         if gain >= 0.05:
-            lines.append(f"ImageNet features are worth {gain:.1%} of validation accuracy here: a frozen pretrained "
-                         f"backbone scores {frozen:.1%}, the same backbone with random weights {random_:.1%}.")
+            lines.append(f"ImageNet features are worth {points(gain)} of validation accuracy here: a frozen "
+                         f"pretrained backbone scores {frozen:.1%}, the same backbone with random weights {random_:.1%}.")
         else:
             lines.append(
                 f"ImageNet features help little on `{dataset}`: {frozen:.1%} frozen and pretrained against "
@@ -86,21 +91,21 @@ def insights(rows: Sequence[Mapping[str, Any]], dataset: str, weights: str) -> l
                    "convolutions give a linear classifier enough to separate ten digits."
                    if dataset == "digits" else "the further a dataset is from such photos (the domain gap), "
                    "the less they carry over."))
-    tuned = {s.label: acc[s.label] for s in STARTS[4:] if s.label in acc}
-    if frozen is not None and tuned:
-        best_label = max(tuned, key=tuned.__getitem__)
-        seconds = {k: by[k]["seconds"] for k in (STARTS[1].label, best_label)}
-        change = tuned[best_label] - frozen
+    for s in STARTS[4:]:
+        if frozen is None or s.label not in acc:
+            continue
+        change = acc[s.label] - frozen
         verb = "gains" if change > 0.005 else "loses" if change < -0.005 else "changes"
-        lines.append(f"Fine-tuning ({best_label.removeprefix('pretrained, ')}) {verb} "
-                     f"{abs(change):.1%} over the frozen backbone ({tuned[best_label]:.1%} against {frozen:.1%}) "
-                     f"and takes {seconds[best_label]:.0f} s against {seconds[STARTS[1].label]:.0f} s: a frozen "
-                     "backbone's features are computed once and cached, a tuned one runs forward and backward "
-                     "through every image every epoch.")
+        lines.append(f"Fine-tuning ({s.label.removeprefix('pretrained, ')}) {verb} {points(abs(change))} over the frozen "
+                     f"backbone ({acc[s.label]:.1%} against {frozen:.1%}) and takes {by[s.label]['seconds']:.0f} s "
+                     f"against {by[STARTS[1].label]['seconds']:.0f} s.")
+    if frozen is not None and any(s.label in acc for s in STARTS[4:]):
+        lines.append("A frozen backbone's features are computed once and cached, so its epochs train the head "
+                     "alone; a tuned backbone runs forward and backward through every image, every epoch.")
     for s in STARTS[2:4]:
         if s.label in acc and frozen is not None:
             d = acc[s.label] - frozen
-            what = "the same" if abs(d) < 0.005 else f"{abs(d):.1%} {'better' if d > 0 else 'worse'}"
+            what = "the same" if abs(d) < 0.005 else f"{points(abs(d))} {'better' if d > 0 else 'worse'}"
             lines.append(f"The switch `{s.label.removeprefix('pretrained, frozen, ')}` scores {what} than the "
                          f"plain frozen start ({acc[s.label]:.1%}).")
     return lines

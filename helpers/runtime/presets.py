@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torchvision import transforms as T
 
+from helpers.runtime.catalog import NORMALIZATION
 from helpers.runtime.layout import HIGH_BIT_MODES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,9 +25,11 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
 
     @classmethod
-    def for_size(cls, image_size: int) -> "Preprocessing":
-        """The torchvision convention: resize to 256/224 of the crop, then centre-crop."""
-        return cls(image_size=image_size, resize_size=round(image_size * 256 / 224))
+    def for_size(cls, image_size: int, backbone: str = "") -> "Preprocessing":
+        """The torchvision convention: resize to 256/224 of the crop, then centre-crop; normalized as the
+        backbone's pretrained weights expect (ImageNet's mean and std unless the catalog says otherwise)."""
+        mean, std = NORMALIZATION.get(backbone, (IMAGENET_MEAN, IMAGENET_STD))
+        return cls(image_size=image_size, resize_size=round(image_size * 256 / 224), mean=mean, std=std)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from helpers.runtime.catalog import BACKBONES, HEADS
+from helpers.runtime.catalog import BACKBONES, FINETUNE, HEADS
 
 
 class TrainingError(ValueError):
@@ -18,10 +18,11 @@ class TrainingError(ValueError):
 class TrainConfig:
     """Hyperparameters of one training job (what SageMaker passes as ``--name value``)."""
 
-    backbone: str = "resnet18"
-    weights: str = "none"
+    backbone: str = "efficientnet_lite0"
+    weights: str = "DEFAULT"
     head: str = "linear"
     freeze_backbone: bool = True
+    finetune: str = "all"  # a trainable backbone trains all its layers, or only its last stage ("last")
     augment: bool = False
     image_size: int = 224
     lr: float = 1e-3
@@ -46,6 +47,8 @@ class TrainConfig:
             problems.append(f"backbone {self.backbone!r} is not known; choose one of {', '.join(BACKBONES)}")
         if self.head not in HEADS:
             problems.append(f"head {self.head!r} is not known; choose one of {', '.join(HEADS)}")
+        if self.finetune not in FINETUNE:
+            problems.append(f"finetune {self.finetune!r} is not known; choose one of {', '.join(FINETUNE)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             problems.append(f"lr must be a positive number, got {self.lr!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):

@@ -38,7 +38,8 @@ from helpers.runtime.debugger import Instrumentation
 from helpers.runtime.fileio import atomic_write, atomic_write_json, file_lock, remove_stale_temp_files
 from helpers.runtime.layout import find_split_dir, is_image
 from helpers.runtime.metrics import format_metrics
-from helpers.runtime.models import ModelConfig, ModelError, TransferModel, build_body, make_head, save_model
+from helpers.runtime.models import (ModelConfig, ModelError, TransferModel, build_body, last_stage, make_head,
+                                    save_model)
 from helpers.runtime.presets import Preprocessing, decode_transform, eval_transform, normalize_transform, train_transform
 from helpers.runtime.progress import bar
 from helpers.runtime.settings import (TrainConfig, TrainingError, add_dataclass_flags,  # noqa: F401 - API
@@ -665,21 +666,22 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     local_ranks = int(env.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine: they share cores and memory
     workers = default_workers(local_ranks) if cfg.num_workers < 0 else cfg.num_workers
     pin = device.type == "cuda"
-    prep = Preprocessing.for_size(cfg.image_size)
+    prep = Preprocessing.for_size(cfg.image_size, cfg.backbone)
     mcfg = ModelConfig(backbone=cfg.backbone, num_classes=len(classes), class_names=classes, head=cfg.head,
                        hidden=cfg.hidden, dropout=cfg.dropout, preprocessing=prep.to_dict())
     torch.manual_seed(cfg.seed)
     body, n_features = build_body(cfg.backbone, cfg.weights)
     torch.manual_seed(cfg.seed + 1)
     head = make_head(n_features, len(classes), cfg.head, cfg.hidden, cfg.dropout)
-    model = TransferModel(body, head, freeze_backbone=cfg.freeze_backbone).to(device)
+    model = TransferModel(body, head, freeze_backbone=cfg.freeze_backbone,
+                          last_stage=last_stage(cfg.backbone, cfg.finetune)).to(device)
     if cfg.channels_last:  # faster convolutions (the frozen body's too, computing the cached features)
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = autocast_dtype(device, cfg.amp)  # the head on cached features too: the same numbers either way
     if dinfo.is_main:
         log.info("%s (%s weights, %s backbone) -> %d classes on %s (%d threads), %d loader workers, "
                  "feature cache %s, autocast %s", cfg.backbone, cfg.weights,
-                 "frozen" if cfg.freeze_backbone else "trainable", len(classes), device, torch.get_num_threads(),
+                 "frozen" if cfg.freeze_backbone else f"trainable ({cfg.finetune})", len(classes), device, torch.get_num_threads(),
                  workers, "on" if cfg.uses_feature_cache else "off",
                  str(amp_dtype).removeprefix("torch.") if amp_dtype else "off")
 
@@ -882,7 +884,7 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: _Run, state:
     result.seconds = time.perf_counter() - started
     if dinfo.is_main and write_artifacts:
         save_model(run.model.cpu(), run.mcfg, paths.model_dir)
-        write_code_slot(paths.model_dir)
+        write_code_slot(paths.model_dir, cfg.backbone)
         atomic_write_json(paths.output_dir / "metrics.json", {
             "class_names": run.classes, "history": result.history, "best_epoch": result.best_epoch,
             "valid": va, "test": result.test, "stopped_early": result.stopped_early,
@@ -891,13 +893,13 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: _Run, state:
     return result
 
 
-def write_code_slot(model_dir: Path) -> None:
+def write_code_slot(model_dir: Path, backbone: str) -> None:
     """What serves the model, on either container: ``code/`` (the runtime this job ran, with ``inference.py``
     for the PyTorch container) and ``config.yaml`` + ``deployment.py`` (for the Ray Serve container)."""
-    from helpers.runtime.bundle import INFERENCE_REQUIREMENTS, write_bundle
+    from helpers.runtime.bundle import installed_requirements, write_bundle
     from helpers.runtime.serve_settings import write_ray_layout
 
-    write_bundle(model_dir / "code", INFERENCE_REQUIREMENTS)
+    write_bundle(model_dir / "code", installed_requirements(backbone))
     write_ray_layout(model_dir)
 
 

@@ -12,7 +12,9 @@ POLICY = ScalingPolicy(min_capacity=1, max_capacity=3, target_invocations_per_in
 
 
 def sim(traffic, policy=POLICY, **kw):
-    return autoscaling.simulate(traffic, policy, capacity_rps=2.0, base_latency_ms=20, **kw)
+    """The policy's own mechanics, on an idealised service (instant alarms and instances)."""
+    return autoscaling.simulate(traffic, policy, capacity_rps=2.0, base_latency_ms=20,
+                                **{"service": autoscaling.INSTANT, **kw})
 
 
 def test_steady_load_below_target_stays_at_minimum():
@@ -65,11 +67,57 @@ def test_insights_compare_policies():
 
 def test_equal_policies_are_said_to_cost_the_same_not_ranked():
     twin = ScalingPolicy(name="twin")
-    base = sim([200] * 10)
-    line = autoscaling.insights([base, sim([200] * 10, twin)], 2.0)[-1]
+    base = sim([200] * 10, objective_ms=100)
+    line = autoscaling.insights([base, sim([200] * 10, twin, objective_ms=100)], 2.0)[-1]
     minutes = base.summary()["instance_minutes"]
-    assert f"both policies cost the same, {minutes} instance-minutes" in line
-    assert "their worst latency is the same" in line and "fewer" not in line and "lower" not in line
+    assert f"both cost the same, {minutes} instance-minutes" in line
+    assert "both spend" in line and "fewer" not in line and "more often" not in line
+
+
+SLOW = autoscaling.ServiceModel(scale_out_datapoints=3, scale_in_datapoints=15, startup_s=300)
+
+
+def test_a_spike_faster_than_start_up_gets_the_latency_the_model_predicts():
+    """A spike at minute 10: the alarm needs minutes 10, 11, 12 above the target, the decision comes at 12, the
+    instances serve from 17. Until then one instance carries the spike, at the M/M/1 latency of that load."""
+    traffic = [30] * 10 + [150] * 20
+    r = autoscaling.simulate(traffic, POLICY, capacity_rps=3.0, base_latency_ms=20, service=SLOW, objective_ms=50)
+    assert r.events[0] == (12, "out", 1, 3)
+    assert r.serving[16] == 1 and r.serving[17] == 3
+    assert r.instances[12] == 1 and r.instances[13] == 3  # billed from the decision, serving 5 minutes later
+    one = autoscaling.estimated_latency(150, 3.0, 20)  # 150/min on one instance of 180/min: 20 / (1 - 5/6)
+    assert one == pytest.approx(120)
+    assert r.latency_ms[10:17] == [pytest.approx(one)] * 7
+    assert r.latency_ms[17] == pytest.approx(autoscaling.estimated_latency(50, 3.0, 20))
+    assert r.summary()["minutes_over_objective"] == 7
+    instant = autoscaling.simulate(traffic, POLICY, capacity_rps=3.0, base_latency_ms=20,
+                                   service=autoscaling.INSTANT, objective_ms=50)
+    assert instant.summary()["minutes_over_objective"] == 1  # the same policy on an instant service
+    text = autoscaling.startup_insight(r)
+    assert "minute 10" in text and "minute 12" in text and "minute 17" in text and "7 minutes on too few" in text
+
+
+def test_scale_in_waits_for_fifteen_datapoints_below_the_target():
+    traffic = [200] * 5 + [10] * 30  # 200/min on 3 instances is above the target of 60 each
+    r = autoscaling.simulate(traffic, POLICY, capacity_rps=3.0, base_latency_ms=20, start_instances=3, service=SLOW)
+    ins = [e for e in r.events if e[1] == "in"]
+    assert ins[0][0] == 5 + 15 - 1  # the 15th quiet minute
+    assert r.instances[ins[0][0] + 1] == 1
+
+
+def test_the_load_testing_rule_sets_the_target():
+    assert autoscaling.recommended_target(10.0) == 300.0  # 10 req/s x 0.5 x 60
+    assert autoscaling.recommended_target(10.0, safety_factor=0.8) == 480.0
+
+
+def test_policies_are_scored_on_the_latency_objective_first():
+    lean = ScalingPolicy(name="lean", target_invocations_per_instance=170, max_capacity=3)
+    traffic = [30] * 5 + [170] * 20
+    a = autoscaling.simulate(traffic, POLICY, 3.0, 20, service=SLOW, objective_ms=100)
+    b = autoscaling.simulate(traffic, lean, 3.0, 20, service=SLOW, objective_ms=100)
+    line = autoscaling.insights([a, b], 3.0)[-1]
+    assert "invocations-target-tracking meets the latency objective more often" in line
+    assert "lean costs fewer instance-minutes" in line
 
 
 def test_load_test_is_bounded():
@@ -133,3 +181,21 @@ def test_a_replica_that_came_after_the_busy_step_is_said_so():
                              "p50_ms": [50] * 5, "p99_ms": [60] * 5, "mean_batch": [1.0] * 5, "errors": [0] * 5},
                             index=[0, 2, 4, 6, 8])
     assert "after the 16-client step had ended" in autoscaling.replica_insights(timeline)[0]
+
+
+def test_an_order_is_claimed_only_beyond_the_noise():
+    import random
+
+    rng = random.Random(0)
+    a = [200 + rng.gauss(0, 30) for _ in range(40)]
+    b = [205 + rng.gauss(0, 30) for _ in range(40)]
+    assert "cannot tell which path is faster" in autoscaling.compare_medians("direct", a, "via URL", b)
+    far = [x + 150 for x in b]
+    assert "direct is faster, beyond the noise" in autoscaling.compare_medians("direct", a, "via URL", far)
+    lo, hi = autoscaling.median_interval(list(range(100)))
+    assert lo < 50 < hi and hi - lo < 25
+
+
+def test_the_load_table_leaves_the_raw_latencies_out():
+    rows = autoscaling.load_test(lambda: True, concurrency=(1,), requests=5, max_seconds=5)
+    assert len(rows[0]["latencies_ms"]) == 5 and "latencies_ms" not in autoscaling.load_table(rows).columns

@@ -182,6 +182,8 @@ def test_plots(tmp_path, synthetic_root):
     grid = plots.sample_grid(r, per_class=3)
     assert len(grid.axes) == 9 and grid.axes[0].get_ylabel() == "Affenpinscher"
     assert all(ax.images for ax in grid.axes)
+    assert plots.size_distribution(r) is None  # every synthetic image has one size: nothing to plot
+    r.widths[0] += 1
     sizes = plots.size_distribution(r)
     for i, f in enumerate((fig, grid, sizes)):
         f.savefig(tmp_path / f"{i}.png")

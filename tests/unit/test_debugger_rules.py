@@ -184,3 +184,29 @@ def test_rule_classes_are_module_level_and_smdebug_loads_only_to_evaluate():
             "d.rule_class('overfit'); assert 'smdebug' in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1500:]
+
+
+def test_global_steps_map_to_epochs_and_to_the_kept_epoch(tmp_path):
+    """smdebug counts training and validation steps together: an epoch is its training batches, then its
+    validation batches; a rule's step is related to its epoch and to the epoch whose weights were kept."""
+    tensors = run(tmp_path, **{**HEALTHY, "epochs": 3})
+    spans = debugger_rules.epoch_spans(debugger_rules.open_trial(tensors))
+    per_epoch = -(-HEALTHY["n_train"] // 32) + 2  # training batches of 32, then 2 validation batches of 100
+    assert [e for e, _, _ in spans] == [1, 2, 3]
+    assert [(a, b) for _, a, b in spans] == [(i * per_epoch, (i + 1) * per_epoch - 1) for i in range(3)]
+    late = debugger_rules.RuleResult("overfit", "IssuesFound", 2 * per_epoch + 1, "", "m", "a")
+    lines = debugger_rules.step_insights([late], spans, kept_epoch=2)
+    assert f"about {per_epoch} global steps" in lines[0]
+    assert f"`overfit` fired at step {2 * per_epoch + 1}, in epoch 3, after epoch 2" in lines[1]
+    table = debugger_rules.results_table([late], spans, explained=False)
+    assert list(table.columns) == ["status", "first step", "epoch", "detail"] and table.loc["overfit", "epoch"] == 3
+
+
+def test_each_rule_explains_itself_in_its_own_words():
+    meanings = [r.meaning for r in RULES]
+    assert len(set(meanings)) == len(meanings)
+    by = {r.name: r for r in RULES}
+    assert "new low" in by["overtraining"].meaning and "window" in by["loss_not_decreasing"].meaning
+    results = [debugger_rules.RuleResult(r.name, "NoIssuesFound", None, "", r.meaning, r.action) for r in RULES]
+    notes = debugger_rules.explanations(results)
+    assert len(notes) == len(RULES) and notes[0].startswith("`vanishing_gradient` (NoIssuesFound): ")

@@ -16,3 +16,13 @@ def test_confusions_quote_the_class_names_and_count_in_words():
     assert "“9” taken for “3” once" in confused
     spread = next(line for line in lines if line.startswith("Per-class accuracy"))
     assert "(class “1”)" in spread or "(class “8”)" in spread
+
+
+def test_a_sample_of_requests_is_judged_against_its_sampling_noise():
+    from helpers import evaluation
+
+    lo, hi = evaluation.wilson_interval(45, 48)
+    assert 0.82 < lo < 0.84 and 0.97 < hi < 0.99
+    line = evaluation.sample_insight(45, 48, 0.88, 360)
+    assert "45 of 48 requests (94%; 95% interval 83%-98%)" in line and "within its sampling noise" in line
+    assert "outside the sample's interval" in evaluation.sample_insight(45, 48, 0.60)

