@@ -1,7 +1,7 @@
 """Benchmarks: comparisons measured side by side in one run, printed as a table.
 
     python -m helpers.bench [--quick] [--json PATH]       # every comparison of the performance appendix
-    python -m helpers.bench hpo [--trials 8] [--dataset digits] [--backbone resnet18] [--json PATH]
+    python -m helpers.bench hpo [--trials 8] [--dataset digits] [--backbone efficientnet_lite0] [--json PATH]
     python -m helpers.bench overhead [--epochs 2] [--rounds 2]
     python -m helpers.bench serving [--model-dir DIR] [--requests 48]
 """
@@ -192,8 +192,8 @@ def bench_training(root: Path, backbone: str, image_size: int, epochs: dict[str,
                          "seconds": base["seconds"], "images_per_s": base["images_per_s"],
                          "valid_accuracy": base["valid_accuracy"], "speedup": 1.0})
             paths = JobPaths(root / "train", root / "valid", None, Path(tmp) / "m", Path(tmp) / "o", None)
-            tc = TrainConfig(backbone=backbone, image_size=image_size, epochs=n_epochs, patience=0, lr=1e-3,
-                             batch_size=32, freeze_backbone=not trainable)
+            tc = TrainConfig(backbone=backbone, weights="none", image_size=image_size, epochs=n_epochs, patience=0,
+                             lr=1e-3, batch_size=32, freeze_backbone=not trainable)  # the seed-style loop's start
             t0 = time.perf_counter()
             res = fit(tc, paths, emit=lambda line: None, write_artifacts=False)
             _sync(device)
@@ -826,13 +826,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hpo", help="tuning wall time with and without the feature cache and pruning")
     h.add_argument("--trials", type=int, default=8)
     h.add_argument("--dataset", default="digits")
-    h.add_argument("--backbone", default="resnet18")
+    h.add_argument("--backbone", default=RunConfig.backbone)
     h.add_argument("--image-size", type=int, default=0)
     o = sub.add_parser("overhead", help="epoch time with the hook, the profiler, MLflow and TensorBoard on vs off")
     o.add_argument("--epochs", type=int, default=3)
     o.add_argument("--rounds", type=int, default=2)
     o.add_argument("--dataset", default="digits")
-    o.add_argument("--backbone", default="resnet18")
+    o.add_argument("--backbone", default=RunConfig.backbone)
     o.add_argument("--image-size", type=int, default=0)
     sv = sub.add_parser("serving", help="handler floor vs the Ray Serve and TorchServe-style endpoints")
     sv.add_argument("--model-dir", help="a trained model folder (default: a small model trained on the spot)")

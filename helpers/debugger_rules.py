@@ -208,6 +208,17 @@ def open_trial(path: str | Path) -> Any:
 BOOK_PARAMS: dict[str, dict[str, Any]] = {
     "poor_weight_initialization": {"activation_inputs_regex": ACTIVATION_INPUTS},
 }
+#: The activation inputs of the new head only (an ``mlp`` head's ReLU).
+HEAD_ACTIVATION_INPUTS = r"TransferModel_head.*(relu|\.act)_input"
+
+
+def rule_params(hyperparameters: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rule parameters for a job with these hyperparameters. ``poor_weight_initialization`` judges the weights this
+    job initialised: with pretrained weights the body's activations are ImageNet's, whose scale differs from layer
+    to layer by design, so only the new head's activations count."""
+    if str(hyperparameters.get("weights", "none")) != "none":
+        return {"poor_weight_initialization": {"activation_inputs_regex": HEAD_ACTIVATION_INPUTS}}
+    return {}
 
 
 def evaluate_rule(trial: Any, info: RuleInfo, params: dict[str, Any] | None = None) -> RuleResult:

@@ -7,12 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from helpers.runtime.layout import display_name
-from helpers.runtime.models import load_model
-from helpers.runtime.presets import Preprocessing, eval_transform
-from helpers.runtime.train import ImageSamples, collate_skip, list_samples
 
 
 @dataclass
@@ -32,21 +28,27 @@ class Predictions:
         return float(np.mean(self.y_true == self.y_pred)) if len(self.y_true) else float("nan")
 
 
-@torch.no_grad()
 def predict_split(model_dir: str | Path, split_dir: str | Path, batch_size: int = 64) -> Predictions:
     """Run a saved model over every image of a split (labels from the model's own class list)."""
+    import torch  # here: the statistics below need no torch (chapter 4 imports this module for them)
+
+    from helpers.runtime.models import load_model
+    from helpers.runtime.presets import Preprocessing, eval_transform
+    from helpers.runtime.train import ImageSamples, collate_skip, list_samples
+
     model, cfg = load_model(model_dir)
     transform = eval_transform(Preprocessing.from_dict(cfg.preprocessing))
     samples = list_samples(Path(split_dir), cfg.class_names)
     loader = torch.utils.data.DataLoader(ImageSamples(samples, transform), batch_size=batch_size,
                                          collate_fn=collate_skip)
     ys, ps = [], []
-    for batch in loader:
-        if batch is None:
-            continue
-        x, y = batch
-        ps.append(torch.softmax(model(x), dim=1))
-        ys.append(y)
+    with torch.no_grad():
+        for batch in loader:
+            if batch is None:
+                continue
+            x, y = batch
+            ps.append(torch.softmax(model(x), dim=1))
+            ys.append(y)
     probs = torch.cat(ps).numpy()
     return Predictions(torch.cat(ys).numpy(), probs.argmax(1), probs, list(cfg.class_names), [s for s, _ in samples])
 

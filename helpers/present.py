@@ -48,8 +48,17 @@ def number(x: Any, digits: int = 3) -> Any:
     return round(x, decimals)
 
 
+def _missing(v: Any) -> bool:
+    """None, NaN, pandas' NA (a nullable integer column's gap) or an empty string."""
+    if v is None or (isinstance(v, str) and v == ""):
+        return True
+    import pandas as pd
+
+    return bool(pd.api.types.is_scalar(v) and pd.isna(v))
+
+
 def _says_nothing(column: Any) -> bool:
-    values = [v for v in column.tolist() if not (v is None or v == "" or (isinstance(v, float) and math.isnan(v)))]
+    values = [v for v in column.tolist() if not _missing(v)]
     return not values or all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0 for v in values)
 
 
@@ -61,6 +70,8 @@ def tidy(frame: Any, digits: int = 3, keep: Iterable[str] = ()) -> Any:
     for c in out.columns:
         if out[c].dtype.kind == "f" or out[c].dtype == object:
             out[c] = [_text(v, digits) for v in out[c]]
+        elif out[c].hasnans:  # a nullable integer column: its gaps read empty, not <NA>
+            out[c] = ["" if _missing(v) else v for v in out[c]]
     return out
 
 

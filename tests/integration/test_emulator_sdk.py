@@ -123,7 +123,7 @@ def test_a_local_weights_file_travels_as_the_weights_channel(sdk_env, synthetic_
     weights = tmp_path / "resnet18-mine.pth"
     torch.save(torchvision.models.get_model("resnet18").state_dict(), weights)
     cfg = RunConfig(dataset=str(synthetic_root), s3_prefix="s3://sagebook-test/run", work_dir=str(tmp_path / "w"),
-                    weights=str(weights))
+                    backbone="resnet18", weights=str(weights))
     boto_session = boto3.Session(region_name="us-east-1")
     report = data.validate_dataset(synthetic_root)
     record = data.manifest_record(cfg, report, data.upload_dataset(cfg, report, client=boto_session.client("s3"),

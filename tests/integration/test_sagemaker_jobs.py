@@ -131,7 +131,7 @@ def test_tuning_job_request(aws):
     hp = job["StaticHyperParameters"]
     assert hp["sagemaker_program"].strip('"') == "train.py"  # trials take the container's toolkit path
     assert hp["sagemaker_submit_directory"].strip('"').startswith("s3://sagebook-test/")
-    assert hp["backbone"].strip('"') == "resnet18" and "lr" not in hp
+    assert hp["backbone"].strip('"') == "efficientnet_lite0" and "lr" not in hp
     assert job["CheckpointConfig"]["S3Uri"] == "s3://sagebook-test/run/checkpoints"
     assert {c["ChannelName"] for c in job["InputDataConfig"]} >= {"train", "valid"}
     assert "test" not in {c["ChannelName"] for c in job["InputDataConfig"]}  # never the test split

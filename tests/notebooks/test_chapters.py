@@ -97,7 +97,8 @@ def test_chapter_01_runs_with_the_synthetic_dataset(tmp_path):
     assert rec["counts"] == {"train": 18, "valid": 6, "test": 6}
     executed = nbformat.read(str(out), as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # counts, samples: one size, no size plot
+    assert "there is no size distribution to plot" in insights(outputs)
     assert "- Every train class has 6 images" in insights(outputs)
     assert_no_work_path(outputs, work)
     assert not [o for o in outputs if o.output_type == "error"]
@@ -220,7 +221,8 @@ def test_chapter_02_tunes_another_backbone(tmp_path):
     common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
               "synthetic_images": 10}
     execute("01_data", tmp_path, **common)
-    nb = execute("02_hpo", tmp_path, **common, backbone="mobilenet_v3_small", n_trials=4)
+    nb = execute("02_hpo", tmp_path, **common, backbone="mobilenet_v3_small", weights="none", n_trials=4,
+                 compare_starts=False)  # torchvision's weights need a download
     rec = Manifest.load(tmp_path / "work").require("hpo", backbone="mobilenet_v3_small")
     assert set(rec["hyperparameters"]) == {"lr", "batch_size", "epochs"} and rec["trials"] == 4
     assert rec["objective"]["metric"] == "valid:accuracy"
@@ -320,7 +322,12 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     execute("01_data", tmp_path, **common)
     server = background.running(tmp_path / "work")
     assert server is not None  # chapter 1 started the run's local SageMaker; the next chapters find it
-    execute("02_hpo", tmp_path, **common, n_trials=2, max_parallel_trials=2)
+    nb2 = execute("02_hpo", tmp_path, **common, n_trials=2, max_parallel_trials=2)
+    outputs2 = [o for c in nb2.cells if c.cell_type == "code" for o in c.outputs]
+    starts = "".join(o.get("data", {}).get("text/plain", "") for o in outputs2)
+    for label in ("random, frozen", "pretrained, frozen, mlp head", "pretrained, all layers tuned"):
+        assert label in starts  # the comparison of starts, one training job each
+    assert "Fine-tuning (last stage tuned)" in insights(outputs2) and "random" in insights(outputs2)
     execute("03_debug_profile", tmp_path, **common,
             hyperparameters={"lr": 0.01, "batch_size": 8, "epochs": 1, "image_size": 32})
     nb = execute("04_deploy", tmp_path, **common, n_requests=6)
@@ -333,7 +340,8 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     assert "HTTP 200 | ContentType: application/json" in text and "6 requests: p50" in text
     assert "CustomAttributes: replica=" in text and "ray:serve-ml-sagemaker-cpu-v1" in text  # served by Ray Serve
     shown = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)  # tables: execute results
-    assert "The ray-serve container took" in text and "import_path: \"deployment:app\"" in text
+    assert "The ray-serve container took" in insights(outputs) and "import_path: \"deployment:app\"" in text
+    assert "95% interval" in insights(outputs)  # the requests' accuracy against the split's, with its noise
     assert "read by" in shown and "Ray Serve: `serve run config.yaml`" in shown  # which container reads what
     # chapter 5 calls the endpoint through the Lambda function, load-tests it, simulates; the runner cleans up
     nb5 = execute("05_lambda_autoscaling", tmp_path, **common, concurrency=[1, 2], requests_per_level=6,

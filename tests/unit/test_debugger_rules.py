@@ -210,3 +210,14 @@ def test_each_rule_explains_itself_in_its_own_words():
     results = [debugger_rules.RuleResult(r.name, "NoIssuesFound", None, "", r.meaning, r.action) for r in RULES]
     notes = debugger_rules.explanations(results)
     assert len(notes) == len(RULES) and notes[0].startswith("`vanishing_gradient` (NoIssuesFound): ")
+
+
+def test_pretrained_weights_are_not_judged_as_an_initialisation(tmp_path):
+    """With pretrained weights only the new head's activations count for poor_weight_initialization: the body's
+    scales are ImageNet's, not this job's initialisation."""
+    assert debugger_rules.rule_params({"weights": "none"}) == {}
+    params = debugger_rules.rule_params({"weights": "DEFAULT"})
+    tensors = run(tmp_path, **{**HEALTHY, **CASES["poor_weight_initialization"]})
+    fired = status(debugger_rules.evaluate_rules(tensors), "poor_weight_initialization")
+    scoped = status(debugger_rules.evaluate_rules(tensors, params), "poor_weight_initialization")
+    assert fired.status == "IssuesFound" and "activation variance" not in scoped.detail

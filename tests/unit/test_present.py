@@ -56,3 +56,17 @@ def test_the_pages_log_goes_to_stdout_with_relative_paths(tmp_path, capsys):
         logging.basicConfig(force=True, handlers=[logging.NullHandler()])
     out, err = capsys.readouterr()
     assert out == "INFO helpers.data: Synced datasets/digits to s3://b/p\n" and err == ""
+
+
+def test_a_nullable_integer_column_with_gaps_is_kept_and_an_empty_one_dropped():
+    import pandas as pd
+
+    frame = pd.DataFrame({"first step": pd.array([None, 368], dtype="Int64"),
+                          "epoch": pd.array([None, None], dtype="Int64"), "status": ["ok", "fired"]})
+    out = present.tidy(frame)
+    assert list(out.columns) == ["first step", "status"] and out["first step"].iloc[1] == 368
+
+
+def test_the_gaps_of_a_nullable_integer_column_read_empty():
+    frame = pd.DataFrame({"epoch": pd.array([None, 3], dtype="Int64")})
+    assert present.tidy(frame)["epoch"].tolist() == ["", 3]
