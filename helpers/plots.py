@@ -222,6 +222,26 @@ def parallel_coordinates(trials, params: tuple[str, ...] = ("lr", "batch_size", 
 
 
 @for_the_book
+def starts(table) -> Figure:
+    """The comparison of starts: validation accuracy (bars) and training seconds (labels) per start."""
+    fig = Figure(figsize=(8, 0.55 * len(table) + 1.2), layout="tight")
+    ax = fig.subplots()
+    labels = list(table.index)[::-1]
+    acc = [float(table.loc[k, "valid accuracy"]) for k in labels]
+    colors = ["#bbbbbb" if k.startswith("random") else "#1f77b4" if "frozen" in k else "#ff7f0e" for k in labels]
+    bars = ax.barh(labels, acc, color=colors)
+    for bar, k in zip(bars, labels):
+        ax.annotate(f"{bar.get_width():.1%}, {float(table.loc[k, 'seconds']):.0f} s",
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(4, 0),
+                    textcoords="offset points", va="center")
+    ax.set_xlim(0, 1.18)
+    ax.set_xlabel("validation accuracy (label: accuracy, training seconds)")
+    ax.set_title("Which start? Grey: random weights; blue: frozen; orange: fine-tuned")
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+@for_the_book
 def epochs_and_steps(curves, steps: dict) -> Figure:
     """Left: the per-epoch loss MLflow recorded for the run. Right: the per-step loss of the Debugger trial."""
     fig = Figure(figsize=(10, 3.4), layout="tight")

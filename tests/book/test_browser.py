@@ -15,7 +15,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 #: figures each chapter must show (decoded images in its outputs)
-FIGURES = {"01_data": 3, "02_hpo": 3, "03_debug_profile": 5, "04_deploy": 2, "05_lambda_autoscaling": 4,
+FIGURES = {"01_data": 2, "02_hpo": 4, "03_debug_profile": 5, "04_deploy": 2, "05_lambda_autoscaling": 4,
            "06_performance": 2}
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),

@@ -34,8 +34,9 @@ def _every_figure(synthetic_root):
 
     report = data.validate_dataset(synthetic_root, progress=False)
     report.widths[0] += 10  # two sizes: the size plot has something to show
-    trials = pd.DataFrame({"number": range(6), "state": ["COMPLETE"] * 5 + ["PRUNED"], "value": np.linspace(.5, .9, 6),
-                           "lr": np.logspace(-4, -1, 6), "batch_size": [32, 64] * 3, "epochs": [2, 3] * 3})
+    trials = pd.DataFrame({"number": range(6), "state": ["COMPLETE"] * 5 + ["PRUNED"],
+                           "value": np.linspace(.5, .9, 6), "lr": np.logspace(-4, -1, 6), "batch_size": [32, 64] * 3,
+                           "epochs": [2, 3] * 3})
     curves = pd.DataFrame({"train_loss": [1.0, 0.6], "valid_loss": [0.9, 0.7]}, index=[1, 2])
     steps = {"train": ([0, 10, 20], [1.0, 0.8, 0.6]), "valid": ([25, 26, 27], [0.9, 0.8, 0.85])}
     samples = [{"t": float(i), "cpu": [50.0, 40.0], "mem_percent": 30.0, "disk_read_bps": 0.0, "disk_write_bps": 1e6}
@@ -51,14 +52,19 @@ def _every_figure(synthetic_root):
     return {
         "class_counts": plots.class_counts(report), "sample_grid": plots.sample_grid(report),
         "size_distribution": plots.size_distribution(report), "tuning_history": plots.tuning_history(trials),
-        "tuning_parameters": plots.tuning_parameters(trials), "parallel_coordinates": plots.parallel_coordinates(trials),
+        "tuning_parameters": plots.tuning_parameters(trials),
+        "parallel_coordinates": plots.parallel_coordinates(trials),
         "epochs_and_steps": plots.epochs_and_steps(curves, steps), "system_usage": plots.system_usage(samples),
         "step_times": plots.step_times(step_rows), "loss_per_step": plots.loss_per_step(steps),
         "gradient_norms": plots.gradient_norms({"TransferModel_head.weight": ([0, 10], [0.1, 0.05])}),
         "weight_distributions": plots.weight_distributions({"TransferModel_head.weight": (
             np.random.default_rng(0).normal(size=500), np.random.default_rng(1).normal(size=500), 0, 300)}),
         "confusion_matrix": plots.confusion_matrix(np.eye(10, dtype=int) * 5, names),
-        "load_test": plots.load_test({"direct": rows}), "simulation": plots.simulation(sims, "a spike"),
+        "load_test": plots.load_test({"direct": rows}),
+        "starts": plots.starts(pd.DataFrame(
+            {"valid accuracy": [0.8, 0.93, 0.97], "seconds": [5, 6, 39]},
+            index=["random, frozen", "pretrained, frozen", "pretrained, all layers tuned"])),
+        "simulation": plots.simulation(sims, "a spike"),
         "replica_scaling": plots.replica_scaling(timeline),
     }
 

@@ -38,8 +38,9 @@ def test_small_gain_on_digits_is_explained_by_the_domain_gap():
     assert "last stage tuned" in lines[1] and "gains 3.0 points" in lines[1] and "12 s against 3 s" in lines[1]
     assert "all layers tuned" in lines[2] and "gains 4.0 points" in lines[2] and "40 s against 3 s" in lines[2]
     assert "computed once and cached" in lines[3]
-    assert "`mlp head` scores the same" in lines[4]
-    assert "`augmented` scores 4.0 points worse" in lines[5]
+    assert "adds 4.0 points" in lines[4] and "the domain gap" in lines[4] and "handwritten digits" in lines[4]
+    assert "`mlp head` scores the same" in lines[5]
+    assert "`augmented` scores 4.0 points worse" in lines[6]
 
 
 def test_a_large_gain_is_reported_as_what_the_weights_are_worth():
@@ -51,3 +52,8 @@ def test_a_large_gain_is_reported_as_what_the_weights_are_worth():
 def test_without_pretrained_weights_the_comparison_says_it_cannot_tell():
     lines = transfer.insights(rows(), "digits", "none")
     assert "cannot show what ImageNet features are worth" in lines[0]
+
+
+def test_no_domain_gap_is_claimed_when_fine_tuning_adds_nothing():
+    lines = transfer.insights(rows(values=[0.30, 0.80, 0.82, 0.81, 0.80, 0.805]), "dogImages", "DEFAULT")
+    assert not any("domain gap" in line for line in lines)
