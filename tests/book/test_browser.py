@@ -160,3 +160,32 @@ def test_the_footer_claims_computed_numbers_only_where_they_are(browser, page_na
     else:
         assert footer is not None and claim in footer.inner_text()
     page.close()
+
+
+#: An element whose content is wider than its box, with no ancestor (up to the page's article) that scrolls it:
+#: content cut off (or spilling over the margin) rather than scrolling on purpose.
+CUT_OFF = """els => els.filter(e => {
+    if (e.scrollWidth <= e.clientWidth + 1 || e.clientWidth === 0) return false;
+    for (let a = e; a && a.tagName !== 'ARTICLE' && a.tagName !== 'MAIN'; a = a.parentElement) {
+        if (['auto', 'scroll'].includes(getComputedStyle(a).overflowX)) return false;
+    }
+    return true;
+}).map(e => `${e.tagName} ${e.scrollWidth}>${e.clientWidth}: ${e.textContent.trim().slice(0, 60)}`)"""
+
+
+@pytest.mark.parametrize("chapter", list(FIGURES))
+def test_at_1200_px_nothing_is_cut_off_and_nothing_is_noise(browser, chapter):
+    """Every output block and table fits or scrolls; no stderr block; no absolute path of the build machine."""
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto((HTML / "book" / f"{chapter}.html").as_uri(), wait_until="load")
+    assert page.eval_on_selector_all(".cell_output *", CUT_OFF) == []
+    assert page.query_selector_all(".cell_output .stderr, .cell_output .output.stderr") == []
+    text = page.inner_text("article") if page.query_selector("article") else page.inner_text("body")
+    for path in ("/tmp/", str(ROOT), str(Path.home())):
+        assert path not in text, f"{chapter} shows {path}"
+    # the check itself: a block that overflows a box that does not scroll is found
+    page.evaluate("""() => { const d = document.createElement('div'); d.style.overflow = 'hidden';
+        d.style.width = '100px'; d.innerHTML = '<span style="display:inline-block;width:500px">wide</span>';
+        document.querySelector('.cell_output').appendChild(d); }""")
+    assert page.eval_on_selector_all(".cell_output *", CUT_OFF) == ["DIV 500>100: wide"]
+    page.close()
