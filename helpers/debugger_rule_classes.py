@@ -13,7 +13,8 @@ import numpy as np
 from smdebug.core.modes import ModeKeys as modes
 from smdebug.rules.rule import Rule
 
-from helpers.debugger_rules import NUM, RuleConfigError, TrialError, _check, _loss_tensor, loss_phases, tensor_stat
+from helpers.debugger_rules import (NUM, RuleConfigError, TrialError, _check, _loss_tensor, loss_phases,
+                                    tensor_names, tensor_stat)
 
 
 
@@ -46,7 +47,7 @@ class ExplodingTensor(Rule):
             for c in _check("collection_names", collection_names, str).split(","):
                 names.update(base_trial.tensor_names(collection=c.strip()))
         if tensor_regex:
-            names.update(base_trial.tensor_names(regex=_check("tensor_regex", tensor_regex, str)))
+            names.update(tensor_names(base_trial, _check("tensor_regex", tensor_regex, str)))
         self.names = sorted(names) if (collection_names or tensor_regex) else base_trial.tensor_names()
 
     def invoke_at_step(self, step: int) -> bool:
@@ -133,7 +134,7 @@ class PoorWeightInitialization(Rule):
         self.distribution_range = _check("distribution_range", distribution_range, NUM)
         self.patience = _check("patience", patience, int, positive=True)
         self.steps = _check("steps", steps, int, positive=True)
-        self.acts = base_trial.tensor_names(regex=_check("activation_inputs_regex", activation_inputs_regex, str))
+        self.acts = tensor_names(base_trial, _check("activation_inputs_regex", activation_inputs_regex, str))
         self.grads = base_trial.tensor_names(collection="gradients")
         try:
             self.loss = _loss_tensor(base_trial, None)
@@ -195,7 +196,7 @@ class LossNotDecreasing(Rule):
             for c in _check("collection_names", collection_names, str).split(","):
                 names += base_trial.tensor_names(collection=c.strip())
         if tensor_regex:
-            names += base_trial.tensor_names(regex=_check("tensor_regex", tensor_regex, str))
+            names += tensor_names(base_trial, _check("tensor_regex", tensor_regex, str))
         if use_losses_collection and not names:
             names = base_trial.tensor_names(collection="losses")
         if not names:
@@ -241,8 +242,8 @@ class ClassImbalance(Rule):
         self.threshold_misprediction = _check("threshold_misprediction", threshold_misprediction, NUM)
         self.samples = _check("samples", samples, int, positive=True)
         self.argmax = _check("argmax", argmax, bool)
-        labels = base_trial.tensor_names(regex=_check("labels_regex", labels_regex, str))
-        preds = base_trial.tensor_names(regex=_check("predictions_regex", predictions_regex, str))
+        labels = tensor_names(base_trial, _check("labels_regex", labels_regex, str))
+        preds = tensor_names(base_trial, _check("predictions_regex", predictions_regex, str))
         if not labels or not preds:
             raise TrialError("class_imbalance needs tensors matching .*labels and .*predictions")
         self.labels, self.preds = labels[0], preds[0]

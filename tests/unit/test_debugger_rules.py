@@ -212,7 +212,7 @@ def test_each_rule_explains_itself_in_its_own_words():
     assert len(notes) == len(RULES) and notes[0].startswith("`vanishing_gradient` (NoIssuesFound): ")
 
 
-def test_pretrained_weights_are_not_judged_as_an_initialisation(tmp_path):
+def test_pretrained_weights_are_not_judged_as_an_initialisation(tmp_path, capfd, caplog):
     """With pretrained weights only the new head's activations count for poor_weight_initialization: the body's
     scales are ImageNet's, not this job's initialisation."""
     assert debugger_rules.rule_params({"weights": "none"}) == {}
@@ -221,3 +221,5 @@ def test_pretrained_weights_are_not_judged_as_an_initialisation(tmp_path):
     fired = status(debugger_rules.evaluate_rules(tensors), "poor_weight_initialization")
     scoped = status(debugger_rules.evaluate_rules(tensors, params), "poor_weight_initialization")
     assert fired.status == "IssuesFound" and "activation variance" not in scoped.detail
+    said = "".join(capfd.readouterr()) + caplog.text
+    assert "No tensors matching" not in said  # a regex that matches nothing is no warning line on the page
