@@ -149,7 +149,36 @@ def run_chapter(nb: Path, params: dict[str, Any], out_dir: Path = BOOK) -> Chapt
             f"Chapter {nb.stem} failed in {_failed_cell(out)}: {e.ename}: {e.evalue}\n"
             f"The executed notebook with the error is {out}."
         ) from None
+    drop_empty_outputs(out)
     return ChapterRun(nb.stem, time.perf_counter() - start)
+
+
+def _empty(output: Any) -> bool:
+    """A display with nothing to show: the SDK's ``wait()`` draws an empty rich panel (``<pre ...></pre>``)."""
+    import re
+
+    if output.get("output_type") != "display_data":
+        return False
+    data = output.get("data", {})
+    html = re.sub(r"<pre[^>]*>\s*</pre>", "", data.get("text/html", "")).strip()
+    return set(data) <= {"text/html", "text/plain"} and not html and not data.get("text/plain", "").strip()
+
+
+def drop_empty_outputs(path: Path) -> int:
+    """Remove the displays that show nothing from an executed chapter (each would be a blank grey block on the
+    page); returns how many."""
+    import nbformat
+
+    notebook = nbformat.read(str(path), as_version=4)
+    dropped = 0
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            kept = [o for o in cell.outputs if not _empty(o)]
+            dropped += len(cell.outputs) - len(kept)
+            cell.outputs = kept
+    if dropped:
+        nbformat.write(notebook, str(path))
+    return dropped
 
 
 def stub_unexecuted(nb: Path, out_dir: Path = BOOK) -> None:

@@ -175,11 +175,13 @@ CUT_OFF = """els => els.filter(e => {
 
 @pytest.mark.parametrize("chapter", list(FIGURES))
 def test_at_1200_px_nothing_is_cut_off_and_nothing_is_noise(browser, chapter):
-    """Every output block and table fits or scrolls; no stderr block; no absolute path of the build machine."""
+    """Every output block and table fits or scrolls; no stderr block, no empty block (the SDK's ``wait()`` draws an
+    empty panel: ``helpers.book.drop_empty_outputs``); no absolute path of the build machine."""
     page = browser.new_page(viewport={"width": 1200, "height": 1000})
     page.goto((HTML / "book" / f"{chapter}.html").as_uri(), wait_until="load")
     assert page.eval_on_selector_all(".cell_output *", CUT_OFF) == []
     assert page.query_selector_all(".cell_output .stderr, .cell_output .output.stderr") == []
+    assert page.eval_on_selector_all(".cell_output pre", "els => els.filter(e => !e.textContent.trim()).length") == 0
     text = page.inner_text("article") if page.query_selector("article") else page.inner_text("body")
     for path in ("/tmp/", str(ROOT), str(Path.home())):
         assert path not in text, f"{chapter} shows {path}"
