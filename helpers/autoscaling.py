@@ -271,14 +271,14 @@ def simulate(traffic: Sequence[float], policy: ScalingPolicy, capacity_rps: floa
         serving += sum(1 for m in starting if m == minute)
         starting = [m for m in starting if m > minute]
         per = load / serving
+        current = serving + len(starting)  # billed: serving and starting
         metric.append(per)
         res.minutes.append(minute)
         res.traffic.append(load)
-        res.instances.append(serving + len(starting))
+        res.instances.append(current)
         res.serving.append(serving)
         res.per_instance.append(per)
         res.latency_ms.append(estimated_latency(per, capacity_rps, base_latency_ms))
-        current = serving + len(starting)
         desired = min(policy.max_capacity, max(policy.min_capacity, math.ceil(load / target)))
         high = len(metric) >= service.scale_out_datapoints and all(
             v > target for v in metric[-service.scale_out_datapoints:])
