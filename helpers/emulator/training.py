@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 LOG_TAIL = 40
 POLL_S = 0.25
+READER_GRACE_S = 10.0  # how long the job's end waits for the rest of its output
 CHECKPOINT_SYNC_S = 2.0
 #: Fork Python jobs from a warm interpreter (:mod:`helpers.emulator.warm`); ``SAGEBOOK_EMULATOR_WARM=0``: no.
 WARM = os.environ.get("SAGEBOOK_EMULATOR_WARM", "1") != "0"
@@ -465,16 +466,20 @@ class TrainingJobs:
 
         def read() -> None:
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")
-                logf.write(raw)
-                logf.flush()  # job.log follows the job as it runs
-                stream.write(line)
-                tail.append(line)
-                for metric, value in parse_metrics(line, regexes):
-                    run.metrics.setdefault(metric, []).append(value)
-                    if run.on_metric is not None:
-                        run.on_metric(metric, value)
+            try:
+                for raw in proc.stdout:
+                    line = raw.rstrip("\n")
+                    logf.write(raw)
+                    logf.flush()  # job.log follows the job as it runs
+                    stream.write(line)
+                    tail.append(line)
+                    for metric, value in parse_metrics(line, regexes):
+                        run.metrics.setdefault(metric, []).append(value)
+                        if run.on_metric is not None:
+                            run.on_metric(metric, value)
+            finally:  # lines read after the job's end was recorded still reach CloudWatch Logs and job.log
+                stream.flush()
+                logf.close()
 
         reader = threading.Thread(target=read, name=f"log-{run.name}", daemon=True)
         reader.start()
@@ -506,9 +511,11 @@ class TrainingJobs:
             run.trained_s += time.monotonic() - started
             if proc.poll() is None:
                 _terminate(proc, 0)
-            reader.join(timeout=10)
+            reader.join(timeout=READER_GRACE_S)
+            if reader.is_alive():  # a process the job started still holds its stdout open
+                log.warning("training job %s: its output was still open %.0f s after it ended", run.name,
+                            READER_GRACE_S)
             stream.flush()
-            logf.close()
             if checkpoint_uri:
                 storage.sync_up(layout["checkpoints"], checkpoint_uri, seen)
             if tb_uri and tb_dir is not None and tb_dir.is_dir():

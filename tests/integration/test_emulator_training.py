@@ -300,8 +300,10 @@ def test_instance_count_runs_one_process_per_instance_under_torchrun(local_sagem
     req["ResourceConfig"]["InstanceCount"] = 2
     sm.create_training_job(**req)
     assert wait(sm, "multi-1", timeout=120)["TrainingJobStatus"] == "Completed"
-    ranks = sorted(x for x in log_lines(local_sagemaker, "multi-1") if x.startswith("rank "))
-    assert ranks == ['rank 0 of 2 ["algo-1", "algo-2"]', 'rank 1 of 2 ["algo-1", "algo-2"]']
+    lines = log_lines(local_sagemaker, "multi-1")
+    ranks = sorted(x for x in lines if x.startswith("rank "))
+    job_logs = {str(f): f.read_text() for f in (tmp_path / "work").rglob("job.log")}
+    assert ranks == ['rank 0 of 2 ["algo-1", "algo-2"]', 'rank 1 of 2 ["algo-1", "algo-2"]'], (lines, job_logs)
 
 
 def test_an_operation_moto_lacks_is_a_clear_error_and_the_server_survives(local_sagemaker, clients, capfd):

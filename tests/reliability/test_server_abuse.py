@@ -140,17 +140,29 @@ def test_a_stalled_upload_gets_408(server):
     assert out.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in out
 
 
-def test_beyond_the_concurrency_limit_requests_get_503_not_a_hang(server):
+def ping_while_8_uploads_stall(server) -> list[bytes]:
+    """The status lines of pings sent while 8 uploads hold the server's 8 slots, until one is refused or the
+    uploads' 1 s body timeout frees the slots (on a busy machine the server may take a moment to see all 8)."""
     held = [socket.create_connection((server.host, server.port)) for _ in range(8)]
+    answers: list[bytes] = []
     try:
         for s in held:
             s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")  # body never comes
-        time.sleep(0.2)
-        out = raw(server, b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert out.startswith(b"HTTP/1.1 503")
+        started = time.monotonic()
+        while time.monotonic() - started < 0.8 and not (answers and answers[-1].startswith(b"HTTP/1.1 503")):
+            time.sleep(0.05)
+            answers.append(raw(server, b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[:12])
     finally:
         for s in held:
             s.close()
+    return answers
+
+
+def test_beyond_the_concurrency_limit_requests_get_503_not_a_hang(server):
+    tries: list[list[bytes]] = []
+    while len(tries) < 3 and not (tries and tries[-1] and tries[-1][-1] == b"HTTP/1.1 503"):
+        tries.append(ping_while_8_uploads_stall(server))
+    assert tries[-1] and tries[-1][-1] == b"HTTP/1.1 503", tries
     time.sleep(1.5)
     assert ping_ms(server) < 1000  # the slots come back
 
