@@ -484,9 +484,8 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
         rows = [{"setup": "in-process handler (floor)", "batching": "", "concurrency": 1, "requests": len(floor),
                  **_percentiles(floor), "req_per_s": 1e3 / base, "p50_vs_floor": 1.0, "errors_5xx": 0, "wrong": 0}]
         good = [(images[i % 8], "image/jpeg", answer[i % 8]) for i in range(max(requests, 64))]
-        bad = [(b"1,2", "text/csv", None), (b"not an image", "image/jpeg", None), (b"{", "application/json", None),
-               (_big_png(), "image/png", None)]
-        mix = [bad[i % 4] if i % 4 == 3 else good[i % len(good)] for i in range(abuse)]
+        bad = _bad_requests()
+        mix = [bad[(i // 4) % len(bad)] if i % 4 == 3 else good[i % len(good)] for i in range(abuse)]
 
         def measure(setup: str, batching: str, ep: Any, levels: tuple[int, ...], with_abuse: bool) -> None:
             """Start-up time (from ``started``), then each concurrency level, then the abuse mix."""
@@ -653,6 +652,31 @@ def _jpeg(size: int, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
     return buf.getvalue()
+
+
+def _bad_requests() -> list[tuple[bytes, str, None]]:
+    """The abuse mix's bad requests, each a client's mistake the endpoint must answer with a 4xx: a wrong type,
+    undecodable bytes, broken and deeply nested JSON, empty arrays, an image of too many pixels, and one request
+    of many images each under the per-image limit that together pass the request's decoding budget."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def npy(a: Any) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buf, "PNG")  # 16 Mpx: fine alone, the fourth passes the 60 Mpx budget
+    many = json.dumps({"instances": [{"b64": base64.b64encode(buf.getvalue()).decode()}] * 40}).encode()
+    return [(b"1,2", "text/csv", None), (b"not an image", "image/jpeg", None), (b"{", "application/json", None),
+            (b"[" * 100_000 + b"]" * 100_000, "application/json", None),
+            (npy(np.zeros((0, 32, 32, 3), np.uint8)), "application/x-npy", None),
+            (npy(np.zeros((1, 0, 0, 3), np.uint8)), "application/x-npy", None),
+            (_big_png(), "image/png", None), (many, "application/json", None)]
 
 
 def _big_png() -> bytes:

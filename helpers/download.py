@@ -156,8 +156,16 @@ def _check_sizes(archive: str | os.PathLike[str], infos: list[zipfile.ZipInfo], 
                 f"({i.compress_size} to {i.file_size} bytes; the limit is {max_ratio:g}x), a zip bomb's signature.")
     total = sum(i.file_size for i in infos)
     if total > max_bytes:
-        raise UnsafeArchiveError(f"Refusing to extract {archive}: it expands to {total / 1e9:.1f} GB, over the "
-                                 f"{max_bytes / 1e9:.1f} GB limit.")
+        running = 0
+        for crossing in infos:  # the member that takes the archive past the limit, and the largest one
+            running += crossing.file_size
+            if running > max_bytes:
+                break
+        largest = max(infos, key=lambda i: i.file_size)
+        raise UnsafeArchiveError(
+            f"Refusing to extract {archive}: it expands to {total / 1e9:.1f} GB, over the {max_bytes / 1e9:.1f} GB "
+            f"limit; its member {crossing.filename} takes it past the limit (the largest: {largest.filename}, "
+            f"{largest.file_size / 1e9:.1f} GB).")
     dest.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest.parent).free
     if total > free:

@@ -199,8 +199,23 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
     return app
 
 
+#: The loggers a flood of bad requests or connections writes to: uvicorn's, asyncio's (accept errors at the
+#: file-descriptor limit) and this module's.
+FLOODED_LOGGERS = ("uvicorn.error", "asyncio", __name__)
+
+
+def limit_log_rate() -> None:
+    """A :class:`RateLimitedLog` on each of :data:`FLOODED_LOGGERS`, once per process: uvicorn's worker processes
+    are spawned, so each installs its own."""
+    for name in FLOODED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RateLimitedLog) for f in logger.filters):
+            logger.addFilter(RateLimitedLog())
+
+
 def app_from_env() -> Any:
     """Factory for ``uvicorn --factory`` worker processes: the model folder comes from the environment."""
+    limit_log_rate()
     return create_app(os.environ[MODEL_DIR_ENV], os.environ.get(ENDPOINT_NAME_ENV, "sagebook"))
 
 
@@ -449,8 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[ENDPOINT_NAME_ENV] = args.name
     limits = TransportLimits(**{f: getattr(args, f) for f in TransportLimits.__dataclass_fields__})
     os.environ[LIMITS_ENV] = limits.to_json()  # the worker processes read them from there
-    for name in ("uvicorn.error", __name__):  # a flood of bad requests must not flood the log
-        logging.getLogger(name).addFilter(RateLimitedLog())
+    limit_log_rate()  # a flood of bad requests must not flood the log; each worker process does it too
     options = dict(factory=True, host=args.host, port=args.port, workers=args.workers, log_level="warning",
                    access_log=False, http="helpers.serving:GuardedH11Protocol",
                    h11_max_incomplete_event_size=limits.max_header_bytes, limit_concurrency=limits.max_concurrency,

@@ -36,6 +36,10 @@ def test_quick_benchmark_json_has_every_section(tmp_path):
     floor = serving[0]["p50_ms"]
     assert floor > 0 and all(r["p50_vs_floor"] == pytest.approx(r["p50_ms"] / floor) for r in serving)
     assert all(r["req_per_s"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in serving)
+    abused = {r["setup"]: r for r in serving if r.get("abuse")}  # a quarter of the requests bad, at concurrency 16
+    assert set(abused) == {"pytorch container (TorchServe-style)", "ray-serve container"}, abused
+    for r in abused.values():
+        assert r["wrong"] == 0 and r["errors_5xx"] == 0 and abs(r["rss_change_pct"]) < 10, r
     over = {r["variant"]: r for r in doc["overhead"]}
     assert list(over) == ["off", "hook + profiler", bench.TRACKED]
     for variant in ("hook + profiler", bench.TRACKED):

@@ -145,6 +145,7 @@ def test_a_chapters_kernel_prints_no_transport_warning_and_leaves_no_socket(tmp_
     assert set(Path(tempfile.gettempdir()).glob("sagebook-kernel-*")) == before
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_a_failing_cleanup_never_hides_the_chapters_error(tmp_path, monkeypatch, capsys):
     """The chapter's error is raised, and the cleanup's own failure is reported beside it; alone, it is the error."""

@@ -4,6 +4,7 @@ One server serves the module, started with short limits so that each probe takes
 """
 
 import io
+import os
 import socket
 import threading
 import time
@@ -28,8 +29,8 @@ class LimitedEndpoint(LocalEndpoint):
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "helpers.serving", "--model-dir", str(self.model_dir), "--port", str(self.port),
-             *LIMITS], stdout=open(self.log_file, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=Path(__file__).resolve().parents[2])
+             "--workers", str(self.workers), *LIMITS], stdout=open(self.log_file, "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=Path(__file__).resolve().parents[2])
         self.wait_healthy(timeout_s)
         return self
 
@@ -176,6 +177,17 @@ def test_a_flood_of_bad_requests_does_not_flood_the_log(server):
     assert ping_ms(server) < 1000
 
 
+def test_with_two_worker_processes_a_flood_does_not_flood_the_log(trained_model, tmp_path):
+    """uvicorn spawns its workers: each must limit its own log (and asyncio's, which logs accept errors)."""
+    with LimitedEndpoint(trained_model, log_file=tmp_path / "server.log", workers=2) as ep:
+        before = ep.log_file.stat().st_size
+        for _ in range(200):
+            raw(ep, b"NOT HTTP AT ALL\r\n\r\n")
+        grown = ep.log_file.stat().st_size - before
+        assert grown < 5_000, ep.log_file.read_text()[-2000:]
+        assert ping_ms(ep) < 1000
+
+
 def test_memory_a_large_request_decoded_is_given_back(server):
     """Three requests that each decode a 36-megapixel image (about 150 MB while decoding): the server's memory
     afterwards stays near where it was, instead of keeping the peak."""
@@ -191,3 +203,25 @@ def test_memory_a_large_request_decoded_is_given_back(server):
             assert r.status == 200
     grown = server.rss_bytes() - before
     assert grown < 60e6, f"{grown / 1e6:.0f} MB kept"
+
+
+@pytest.mark.parametrize(("cores", "workers", "threads"), [(2, 1, "2"), (2, 2, "1"), (8, 3, "2"), (1, 4, "1")])
+def test_each_worker_gets_its_share_of_the_cores(trained_model, monkeypatch, cores, workers, threads):
+    """Intra-op threads = cores / workers: OpenMP threads beyond the cores fight each other and the load."""
+    import uvicorn
+    import uvicorn.supervisors
+
+    from helpers import serving
+    from helpers.runtime import settings
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(settings, "usable_cores", lambda: cores)
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(k["workers"]))
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", lambda config, sockets: type(
+        "M", (), {"run": lambda self: started.append(config.workers)})())
+    monkeypatch.setattr(serving, "listening_socket", lambda config: None)
+    for name in (serving.MODEL_DIR_ENV, serving.ENDPOINT_NAME_ENV, serving.LIMITS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert serving.main(["--model-dir", str(trained_model), "--workers", str(workers)]) == 0
+    assert started == [workers] and os.environ["OMP_NUM_THREADS"] == threads

@@ -1,4 +1,6 @@
-"""The appendix's findings are computed from the numbers, each judged against its target."""
+"""The appendix's findings are computed from the numbers, each judged against its target; the abuse mix."""
+
+import pytest
 
 from helpers import bench
 
@@ -127,3 +129,21 @@ def test_two_machines_named_alike_are_told_apart_by_their_vector_units():
     line = bench.describe({"cpu": "AMD EPYC", "vector": "AVX2", "cores": 2, "torch": "2.14", "gpu": None,
                            "date": "2026-11-22"})
     assert line == "AMD EPYC (AVX2), 2 cores, no GPU, torch 2.14, measured 2026-11-22"
+
+
+@pytest.mark.reliability
+def test_every_bad_request_of_the_abuse_mix_is_the_clients_mistake():
+    """The mix holds the issue's probes (empty arrays, nested JSON, a request of many large images, ...), and
+    the handlers answer each with a 4xx before any model runs."""
+    from helpers.runtime import inference
+
+    bad = bench._bad_requests()
+    statuses = []
+    for body, content_type, expected in bad:
+        assert expected is None
+        with pytest.raises(inference.InferenceError) as e:
+            inference.input_fn(body, content_type)
+        statuses.append(e.value.status_code)
+    assert all(400 <= s < 500 for s in statuses) and len(set(bad)) == len(bad)
+    kinds = {ct for _, ct, _ in bad}
+    assert {"application/x-npy", "application/json", "image/png", "text/csv"} <= kinds

@@ -190,6 +190,7 @@ def test_plots(tmp_path, synthetic_root):
         assert (tmp_path / f"{i}.png").stat().st_size > 1000
 
 
+@pytest.mark.reliability
 def test_a_train_class_without_readable_images_is_not_called_balanced(tmp_path, synthetic_root):
     root = copy_tree(synthetic_root, tmp_path / "d")
     for f in (root / "train" / "001.Affenpinscher").iterdir():

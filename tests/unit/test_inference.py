@@ -179,6 +179,30 @@ def test_a_request_has_one_decoding_budget_for_all_its_images(monkeypatch):
     assert decoded == [(6000, 6000)]  # only the first was decoded
 
 
+@pytest.mark.reliability
+def test_the_decoding_budget_counts_bytes_not_only_pixels(monkeypatch):
+    """Two 30-megapixel RGBA images stay within the request's 60 Mpx but take 420 MB to decode (the source's 4
+    bytes a pixel and the RGB copy's 3): the byte budget refuses the second before it is decoded."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from helpers.runtime import presets
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (5000, 6000)).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    assert 2 * 5000 * 6000 <= inference.MAX_REQUEST_PIXELS < 2 * 5000 * 6000 * 7 / 4  # the bytes decide, not pixels
+    decoded = []
+    real = presets.to_rgb
+    monkeypatch.setattr(inference, "to_rgb", lambda im: decoded.append(im.mode) or real(im))
+    with pytest.raises(InferenceError) as e:
+        inference.input_fn(json.dumps({"instances": [{"b64": b64}] * 2}), "application/json")
+    assert e.value.status_code == 413 and "Image 1 would take the request past its decoding budget" in e.value.message
+    assert decoded == ["RGBA"]
+
+
 def test_error_responses_are_the_same_json_everywhere():
     assert inference.error_response(InferenceError(415, "no")) == (415, '{"message": "no"}')
     status, body = inference.error_response(RuntimeError("boom"))

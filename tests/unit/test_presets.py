@@ -49,6 +49,7 @@ def sixteen_bit_png(tmp_path, name, top):
     return path
 
 
+@pytest.mark.reliability
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     """Pillow's convert('RGB') clips 16-bit values at 255: every such image would turn white and look alike."""
     import numpy as np
@@ -70,6 +71,7 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
         assert not np.allclose(t(a).numpy(), t(b).numpy())
 
 
+@pytest.mark.reliability
 def test_serving_decodes_sixteen_bit_images_the_same_way(tmp_path):
     import numpy as np
 

@@ -514,6 +514,7 @@ MODES = {"image cache": dict(use_feature_cache=False), "feature cache": dict(use
          "augment (decoded every epoch)": dict(augment=True, use_feature_cache=False)}
 
 
+@pytest.mark.reliability
 def test_an_empty_train_class_stops_before_anything_runs(broken_copy, paths):
     root, cls = broken_copy
     shutil.rmtree(root / "train" / cls)
@@ -546,6 +547,7 @@ def test_an_unreadable_valid_split_stops_before_training(broken_copy, paths, mod
                                                              test=root / "test"), emit=lambda line: None)
 
 
+@pytest.mark.reliability
 def test_a_checkpoint_of_other_data_is_refused_naming_the_difference(paths, tmp_path, synthetic_root):
     """Same hyperparameters, same class count, other data: resuming would train 0 epochs on the wrong data."""
     p = paths()
@@ -568,6 +570,7 @@ def test_a_checkpoint_of_other_data_is_refused_naming_the_difference(paths, tmp_
     assert train.fit(TrainConfig(**FAST), same_place, emit=quiet([])).resumed_from == 4
 
 
+@pytest.mark.reliability
 def test_a_hyperparameter_mismatch_names_the_hyperparameter(paths):
     p = paths()
     train.fit(TrainConfig(**{**FAST, "epochs": 1}), p, emit=quiet([]))
