@@ -12,6 +12,11 @@ Here the same happens in one process that owns its Ray instance: bound to 127.0.
 CPUs, no dashboard, no usage reporting, its own temporary folder, and a small object store. SIGTERM
 (``DeleteEndpoint``) shuts Serve and Ray down. It is run as a script file (``python -I``, the model
 folder as working directory), so the replicas import only the artifact's code, as in the container.
+
+The adapter holds the transport limits every server here has (:class:`AdapterLimits`): a cap on
+connections and requests at once (503 beyond it), on header size, on idle connections, on a body that
+does not arrive (408) and on its size (413, the runtime's 6 MB). Ray Serve's own queue is bounded by the
+deployment's ``max_queued_requests`` (503 beyond it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,19 @@ from fastapi import Request, Response  # at module level: FastAPI resolves the h
 log = logging.getLogger("ray_container")
 
 APP_START_TIMEOUT_S = 240.0
+
+
+@dataclass(frozen=True)
+class AdapterLimits:
+    """The adapter's transport limits: what a stalled, oversized or flooding client may hold."""
+
+    max_concurrency: int = 256  # connections and requests at once; beyond: 503
+    max_header_bytes: int = 65536  # request headers; beyond: the connection is refused
+    idle_timeout_s: float = 5.0  # a kept-alive connection with no request
+    body_timeout_s: float = 60.0  # the whole body must arrive within this; else 408
+    max_body_bytes: int = 6 * 1024 * 1024  # the runtime's limit for a real-time request; beyond: 413
+
+
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # requests pass through HTTP, not the object store
 BACKEND_TIMEOUT_S = 300.0  # the adapter's RAYSERVE_BACKEND_TIMEOUT default
 
@@ -67,7 +86,7 @@ def start_ray(model_dir: Path, ray_port: int, num_cpus: int, temp_dir: str) -> A
     raise RuntimeError(f"Ray Serve applications {names} were not running after {APP_START_TIMEOUT_S:.0f} s")
 
 
-def create_adapter(ray_url: str) -> Any:
+def create_adapter(ray_url: str, limits: AdapterLimits = AdapterLimits()) -> Any:
     """The container's adapter: ``/ping`` and ``/invocations`` on the SageMaker port, in front of Ray Serve."""
     from contextlib import asynccontextmanager
 
@@ -86,9 +105,20 @@ def create_adapter(ray_url: str) -> Any:
     def sagemaker_headers(headers: Any) -> dict[str, str]:
         return {k: v for k, v in headers.items() if k.lower().startswith("x-amzn-sagemaker-")}
 
+    def error(status: int, message: str) -> Response:
+        return Response(json.dumps({"message": message}), status_code=status, media_type="application/json")
+
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
-        body = await request.body()
+        declared = request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return error(413, f"The body is {int(declared):,} bytes; the limit is {limits.max_body_bytes:,}.")
+        try:
+            body = await asyncio.wait_for(request.body(), limits.body_timeout_s)
+        except TimeoutError:
+            return error(408, f"The request body did not arrive within {limits.body_timeout_s:g} s.")
+        if len(body) > limits.max_body_bytes:
+            return error(413, f"The body is {len(body):,} bytes; the limit is {limits.max_body_bytes:,}.")
         accept = request.headers.get("Accept", "application/json")
         headers = {**sagemaker_headers(request.headers),
                    "Content-Type": request.headers.get("Content-Type", "application/json"), "Accept": accept}
@@ -111,6 +141,17 @@ def create_adapter(ray_url: str) -> Any:
         return Response(status_code=200 if resp.status_code == 200 else 503)
 
     return app
+
+
+def adapter_server(ray_url: str, port: int, limits: AdapterLimits = AdapterLimits()) -> Any:
+    """The adapter's uvicorn server on 127.0.0.1:``port``, with ``limits`` (h11: httptools ignores the header cap)."""
+    import uvicorn
+
+    config = uvicorn.Config(create_adapter(ray_url, limits), host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False, http="h11", limit_concurrency=limits.max_concurrency,
+                            h11_max_incomplete_event_size=limits.max_header_bytes,
+                            timeout_keep_alive=limits.idle_timeout_s)
+    return uvicorn.Server(config)
 
 
 def watch_parent(interval_s: float = 1.0) -> None:
@@ -136,12 +177,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-port", type=int, required=True, help="Ray Serve's HTTP proxy (8000 in the container)")
     p.add_argument("--num-cpus", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--temp-dir", required=True, help="Ray's session folder (a short path: it holds sockets)")
+    for f in fields(AdapterLimits):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"adapter limit (default: {f.default})")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
@@ -159,9 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         status = start_ray(args.model_dir.resolve(), args.ray_port, args.num_cpus, args.temp_dir)
         log.info("Ray Serve is running after %.1f s: %s", time.monotonic() - started,
                  {n: a.status for n, a in status.applications.items()})
-        config = uvicorn.Config(create_adapter(f"http://127.0.0.1:{args.ray_port}"), host="127.0.0.1",
-                                port=args.port, log_level="warning", access_log=False)
-        asyncio.run(uvicorn.Server(config).serve())
+        limits = AdapterLimits(**{f.name: getattr(args, f.name) for f in fields(AdapterLimits)})
+        asyncio.run(adapter_server(f"http://127.0.0.1:{args.ray_port}", args.port, limits).serve())
         return 0
     except KeyboardInterrupt:
         return 0 if stopping else 130

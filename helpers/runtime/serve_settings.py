@@ -43,6 +43,7 @@ class ServeSettings:
     max_replicas: int = 2  # one per core on the book's 2-core machine
     target_ongoing_requests: float = 8  # per replica: more queued than this adds a replica
     max_ongoing_requests: int = 32  # per replica: beyond it the proxy queues the request
+    max_queued_requests: int = 128  # per proxy, waiting for a replica: beyond it the request gets 503
     upscale_delay_s: float = 2.0  # Ray's defaults (30 s, 600 s, a 30 s look-back) suit hours of traffic, not a
     downscale_delay_s: float = 5.0  # chapter's minute of load
     metrics_interval_s: float = 1.0  # how often replicas report their ongoing requests
@@ -62,6 +63,9 @@ class ServeSettings:
                             f"{self.min_replicas!r}..{self.max_replicas!r}")
         if self.target_ongoing_requests <= 0 or self.max_ongoing_requests < 1:
             problems.append("target_ongoing_requests must be > 0 and max_ongoing_requests >= 1")
+        if not (isinstance(self.max_queued_requests, int) and self.max_queued_requests >= 1):
+            problems.append(f"max_queued_requests must be an integer >= 1 (a bounded queue), got "
+                            f"{self.max_queued_requests!r}")
         if self.num_cpus <= 0 or self.num_gpus < 0:
             problems.append("num_cpus must be > 0 and num_gpus >= 0")
         if problems:
@@ -99,6 +103,7 @@ def application(settings: ServeSettings = ServeSettings()) -> dict[str, Any]:
         "deployments": [{
             "name": DEPLOYMENT_NAME,
             "max_ongoing_requests": settings.max_ongoing_requests,
+            "max_queued_requests": settings.max_queued_requests,
             "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
                                    "target_ongoing_requests": settings.target_ongoing_requests,
                                    "upscale_delay_s": settings.upscale_delay_s,

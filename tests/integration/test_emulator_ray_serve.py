@@ -11,7 +11,7 @@ import psutil
 import pytest
 from botocore.exceptions import ClientError
 
-from helpers import deploy
+from helpers import bench, deploy
 from helpers.emulator.hosting import container_kind
 from helpers.serving import EndpointError, RayServeEndpoint
 from tests.integration.test_emulator_hosting import BUCKET, ROLE, put_model, wait_endpoint
@@ -128,7 +128,8 @@ def test_bad_requests_get_the_same_answers_on_both_containers(local_sagemaker, r
     EXPECTED.setdefault("answers", answers)
     assert answers == EXPECTED["answers"]  # the second container answers exactly as the first
     assert {label: status for label, (status, _) in answers.items()} == {
-        "content type": 415, "not an image": 400, "bad json": 400, "accept": 406, "too many pixels": 413}
+        "content type": 415, "not an image": 400, "bad json": 400, "accept": 406, "too many pixels": 413,
+        "nested json": 400, "empty array": 400, "an empty image": 400, "over the request's budget": 413}
 
 
 def _big_png() -> bytes:
@@ -145,13 +146,39 @@ BAD_REQUESTS = [("content type", b"1,2,3", "text/csv", "application/json"),
                 ("not an image", b"definitely not a JPEG", "image/jpeg", "application/json"),
                 ("bad json", b"{", "application/json", "application/json"),
                 ("accept", None, "image/jpeg", "text/csv"),
-                ("too many pixels", _big_png(), "image/png", "application/json")]
+                ("too many pixels", _big_png(), "image/png", "application/json"),
+                *[(label, body, content_type, "application/json") for label, (body, content_type, _) in zip(
+                    ("nested json", "empty array", "an empty image", "over the request's budget"),
+                    [r for i, r in enumerate(bench._bad_requests()) if i in (3, 4, 5, 7)])]]
 EXPECTED: dict = {}
 
 
 @pytest.fixture(autouse=True)
 def _fill_accept_case(test_image):
     BAD_REQUESTS[3] = ("accept", test_image, "image/jpeg", "text/csv")
+
+
+def test_a_replica_gives_back_the_memory_a_large_request_decoded(local_sagemaker, ray_endpoint):
+    """Three requests that each decode a 36-megapixel image (about 150 MB while decoding): the replica that
+    served them keeps near what it had, as the TorchServe-style server does (``inference.release_memory``)."""
+    import io
+
+    from PIL import Image
+
+    def replicas():
+        return {p.pid: p.memory_info().rss for p in ray_endpoint.processes()
+                if "ServeReplica" in " ".join(p.cmdline())}
+
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buf, format="PNG")
+    rt = local_sagemaker.client("sagemaker-runtime")
+    before = replicas()
+    assert before, "no Ray Serve replica process found"
+    for _ in range(3):
+        rt.invoke_endpoint(EndpointName=NAME, Body=buf.getvalue(), ContentType="image/png")["Body"].read()
+    after = replicas()
+    grown = {pid: after[pid] - rss for pid, rss in before.items() if pid in after}
+    assert grown and max(grown.values()) < 60e6, {pid: f"{g / 1e6:.0f} MB" for pid, g in grown.items()}
 
 
 def test_delete_endpoint_ends_ray_and_every_process_it_started(local_sagemaker, ray_endpoint):

@@ -18,6 +18,7 @@ def test_the_yaml_is_the_application_document_and_ray_accepts_it(tmp_path):
     assert schema.applications[0].import_path == "deployment:app" and schema.applications[0].route_prefix == "/"
     assert dep.user_config == {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
     assert dep.autoscaling_config["max_replicas"] == 3
+    assert dep.max_queued_requests == ServeSettings().max_queued_requests > 0  # a bounded queue: 503 beyond it
     assert dep.ray_actor_options.num_cpus == 1 and dep.ray_actor_options.num_gpus == 1
     assert "from helpers.runtime.deployment import build" in (tmp_path / "deployment.py").read_text()
 
@@ -28,7 +29,8 @@ def test_scalars_that_yaml_would_misread_are_quoted():
 
 
 @pytest.mark.parametrize("bad", [dict(max_batch_size=0), dict(max_batch_size=65), dict(batch_wait_timeout_s=-1),
-                                 dict(min_replicas=3, max_replicas=2), dict(max_replicas=0), dict(num_cpus=0)])
+                                 dict(min_replicas=3, max_replicas=2), dict(max_replicas=0), dict(num_cpus=0),
+                                 dict(max_queued_requests=-1), dict(max_queued_requests=0)])
 def test_settings_ray_would_refuse_are_refused_first(bad):
     with pytest.raises(ServeSettingsError, match="Invalid serving settings"):
         ServeSettings(**bad)
