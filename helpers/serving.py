@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations from here
 
+from helpers.emulator import reaper
+
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 6 * 1024 * 1024  # SageMaker real-time inference payload limit
@@ -372,13 +374,13 @@ class LocalEndpoint(ModelServer):
         root = Path(__file__).resolve().parent.parent
         if self.spawn is not None:
             with open(self.log_file or os.devnull, "ab") as out:
-                self.proc = self.spawn(args, root, out)
+                self.proc = reaper.adopt(self.spawn(args, root, out))
         else:
             out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
             # its own session: the endpoint outlives the notebook kernel that started it (chapter 5 calls it);
             # delete_endpoint() ends it
-            self.proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=root)
+            self.proc = reaper.adopt(subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                                                      start_new_session=True, cwd=root))
         self.wait_healthy(timeout_s)
         return self
 
@@ -417,10 +419,10 @@ class RayServeEndpoint(ModelServer):
         env.update(self.environment, PYTHONPATH=f"{self.model_dir}:{self.model_dir / 'code'}",
                    RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
+        self.proc = reaper.adopt(subprocess.Popen(
             [sys.executable, "-I", str(app), "--model-dir", ".", "--port", str(self.port),
              "--ray-port", str(free_port()), "--temp-dir", self.temp_dir, "--num-cpus", str(self.num_cpus)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.model_dir, env=env)
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.model_dir, env=env))
         self.wait_healthy(timeout_s)
         return self
 

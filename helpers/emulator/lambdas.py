@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from helpers.emulator import reaper
 from helpers.emulator.server import ACCOUNT_ID, CREDENTIALS, AwsError, Request, Route
 
 log = logging.getLogger(__name__)
@@ -418,8 +419,9 @@ class Functions:
                     "AWS_DEFAULT_REGION": region, "AWS_ENDPOINT_URL": self.endpoint_url(), "LAMBDA_TASK_ROOT": str(code),
                     "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.function_name}", **CREDENTIALS})
         log_file = open(code.parent / "function.log", "a", encoding="utf-8")
-        proc = subprocess.Popen([sys.executable, "-u", "-E", "-s", "-c", RUNTIME, fn.handler], cwd=code, env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True)
+        proc = reaper.adopt(subprocess.Popen([sys.executable, "-u", "-E", "-s", "-c", RUNTIME, fn.handler], cwd=code,
+                                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
+                                             text=True))
         log_file.close()
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 60)

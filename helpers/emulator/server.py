@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from xml.sax.saxutils import escape as xml_escape
 
+from helpers.emulator import reaper
+
 log = logging.getLogger(__name__)
 
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -271,6 +273,7 @@ class LocalSageMaker:
         self.tuning: Any = None
         self.endpoints: Any = None
         self.functions: Any = None
+        self._reaper: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "LocalSageMaker":
@@ -290,6 +293,8 @@ class LocalSageMaker:
         # An account has AWS's managed policies (AmazonSageMakerFullAccess ...) to attach to roles.
         default_user_config.setdefault("iam", {})["load_aws_managed_policies"] = True
         moto_api_backend.reset()  # a fresh account: moto's state is per process, so one emulator at a time
+        self._reaper = reaper.Reaper().start()  # ends what this starts if this process is killed
+        reaper.activate(self._reaper)
 
         self.training = TrainingJobs(self.work_dir / "emulator" / "training", stop_grace_s=self.stop_grace_s)
         if self.prewarm:  # import PyTorch for the first job while the chapters do other things
@@ -339,6 +344,10 @@ class LocalSageMaker:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self._reaper is not None:  # everything it adopted has ended: it leaves without ending anything
+            self._reaper.stop()
+            reaper.activate(None)
+            self._reaper = None
 
     def __enter__(self) -> "LocalSageMaker":
         return self.start()

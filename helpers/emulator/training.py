@@ -60,7 +60,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from helpers.emulator import storage
+from helpers.emulator import reaper, storage
 from helpers.emulator.server import ACCOUNT_ID, AwsError, validation_error
 
 log = logging.getLogger(__name__)
@@ -448,10 +448,11 @@ class TrainingJobs:
         if self._forks(command):
             zygote = self.warm_interpreter()
             if zygote.available():
-                return zygote.spawn(script, cwd, env)
+                return reaper.adopt(zygote.spawn(script, cwd, env))
             log.warning("the warm interpreter is not available: starting a new one per job")
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, errors="replace", start_new_session=True)
+        return reaper.adopt(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace",
+                                             start_new_session=True))
 
     def _supervise(self, run: _Run, command: list[str], cwd: Path, env: dict[str, str], layout: dict[str, Path],
                    checkpoint_uri: str | None) -> tuple[int, list[str]]:

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from helpers.emulator import reaper
+
 log = logging.getLogger(__name__)
 
 #: What the training container has installed and a job imports first (never the job's own modules). mlflow is
@@ -169,9 +171,9 @@ class Zygote:
 
     def start(self) -> Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._proc = subprocess.Popen([sys.executable, "-u", "-E", "-s", "-c", _ZYGOTE, str(theirs.fileno()),
-                                       *self.preload], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+        self._proc = reaper.adopt(subprocess.Popen(
+            [sys.executable, "-u", "-E", "-s", "-c", _ZYGOTE, str(theirs.fileno()), *self.preload],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True))
         theirs.close()
         self._sock = ours
         threading.Thread(target=self._read, name="warm-interpreter", daemon=True).start()
