@@ -14,7 +14,9 @@ Two contracts, as the service supports them:
 
 A job's folder, ``<work>/emulator/training/NAME/``, is the container's ``/opt/ml``: ``input/config/``
 (``hyperparameters.json``, ``inputdataconfig.json``, ``resourceconfig.json``), ``input/data/CHANNEL``,
-``code/``, ``model/``, ``output/data/``, ``output/failure``, ``checkpoints/``, plus ``job.log``.
+``code/``, ``model/``, ``output/data/``, ``output/failure``, ``checkpoints/``, plus ``job.log`` and
+``job.json`` (the job's record, kept as it runs; a local SageMaker starting on the same work folder marks
+the jobs a killed one left running as Failed there).
 
 Where it differs from the container, on purpose:
 
@@ -62,6 +64,7 @@ from typing import Any, Callable, Mapping
 
 from helpers.emulator import reaper, storage
 from helpers.emulator.server import ACCOUNT_ID, AwsError, validation_error
+from helpers.runtime.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +213,9 @@ class TrainingJobs:
         self.runs: dict[tuple[str, str], _Run] = {}
         self._lock = threading.Lock()
         self._zygote: Any = None
+        for name in mark_abandoned(self.root):
+            log.warning("training job %s was still running when the local SageMaker before this one stopped: its "
+                        "job.json now says Failed", name)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], str], dict[str, Any]]]:
         return {"CreateTrainingJob": lambda p, r: self.create(p, r), "DescribeTrainingJob": self.describe,
@@ -341,6 +347,7 @@ class TrainingJobs:
         transitions.append({"Status": status, "StartTime": t, "StatusMessage": message})
         run.job.secondary_status = status
         run.job.last_modified_time = t
+        _record(run)
 
     def _execute(self, run: _Run) -> None:
         job, params = run.job, run.params
@@ -401,6 +408,7 @@ class TrainingJobs:
                                               "MaxRuntimeExceeded": "Job stopped: it ran past MaxRuntimeInSeconds",
                                               }.get(secondary, "Training job stopped"))
             job.training_job_status = status
+            _record(run)
             run.done.set()
 
     def _restart_after_interruption(self, run: _Run, layout: dict[str, Path], checkpoint_uri: str | None) -> None:
@@ -541,9 +549,51 @@ def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
             continue
 
 
+#: Each job folder's record of the job (``job.json``), kept as it runs: what is left of the job when the local
+#: SageMaker that ran it is killed (the service keeps its records; this one keeps them in memory).
+JOB_RECORD = "job.json"
+ABANDONED = ("The local SageMaker running this job stopped before the job ended (it was killed, or the machine "
+             "stopped); the job's processes ended with it.")
+
+
+def _record(run: _Run) -> None:
+    """Write the job's ``job.json``: its status, transitions, failure reason and every metric value so far
+    (over every start of a spot job, so the epochs before a restart are in it)."""
+    job = run.job
+    record = {"TrainingJobName": run.name, "TrainingJobStatus": job.training_job_status,
+              "SecondaryStatus": job.secondary_status, "FailureReason": getattr(job, "failure_reason", None),
+              "SecondaryStatusTransitions": [{k: v.isoformat() if isinstance(v, datetime) else v for k, v in t.items()}
+                                             for t in job.secondary_status_transitions],
+              "Interruptions": run.interruptions, "Metrics": run.metrics}
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run.root / JOB_RECORD, record)
+    except OSError as e:  # the record helps after a crash; the job goes on without it
+        log.warning("training job %s: could not write %s: %s", run.name, JOB_RECORD, e)
+
+
+def mark_abandoned(root: Path) -> list[str]:
+    """Jobs whose ``job.json`` says they were still running, left by a local SageMaker that was killed: their
+    record now ends in a final state, Failed, saying why. Returns their names."""
+    names = []
+    for path in sorted(Path(root).glob(f"*/{JOB_RECORD}")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("TrainingJobStatus") in ("InProgress", "Stopping"):
+            record.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", FailureReason=ABANDONED)
+            atomic_write_json(path, record)
+            names.append(record.get("TrainingJobName", path.parent.name))
+    return names
+
+
 def _prepare_layout(root: Path) -> dict[str, Path]:
-    if root.exists():  # a folder left by an earlier emulator run (job names are unique within one)
-        shutil.rmtree(root)
+    if root.exists():  # a folder left by an earlier emulator run (job names are unique within one); this job's
+        for child in root.iterdir():  # record, written when it was created, stays
+            if child.name == JOB_RECORD:
+                continue
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     layout = {"root": root, "config": root / "input" / "config", "data": root / "input" / "data",
               "code": root / "code", "model": root / "model", "output": root / "output",
               "output_data": root / "output" / "data", "checkpoints": root / "checkpoints"}

@@ -461,6 +461,10 @@ def test_a_spot_interruption_restarts_the_job_from_its_checkpoint(local_sagemake
                                              ["Body"].read())) as tar:
             metrics_json = json.load(tar.extractfile("metrics.json"))
     assert [row["epoch"] for row in metrics_json["history"]] == list(range(1, 9))  # none lost, none repeated
+    record = json.loads((job_log.parent / "job.json").read_text())  # the job's record keeps both starts' epochs
+    assert record["TrainingJobStatus"] == "Completed" and record["Interruptions"] == 1
+    epochs = record["Metrics"]["epoch"]
+    assert epochs[0] == 1 and epochs[-1] == 8 and set(epochs) == set(range(1, 9)), epochs
     with pytest.raises(Exception, match="not training"):  # and a finished job cannot be interrupted
         local_sagemaker.training.interrupt("spot-1", "us-east-1")
 

@@ -1,5 +1,7 @@
-"""A local SageMaker killed with -9 leaves nothing running: its jobs, warm interpreter and servers end too."""
+"""A local SageMaker killed with -9 leaves nothing running: its jobs, warm interpreter and servers end too; the
+next one on the same work folder marks the jobs it left as Failed in their records."""
 
+import json
 import re
 import signal
 import subprocess
@@ -9,6 +11,7 @@ import time
 import boto3
 import psutil
 
+from helpers.emulator.training import ABANDONED, TrainingJobs
 from tests.integration.test_emulator_training import BUCKET, SILENT, job_request, put_sourcedir, write_script
 
 
@@ -31,10 +34,16 @@ def test_a_killed_local_sagemaker_leaves_no_process_behind(tmp_path):
         tree = psutil.Process(proc.pid).children(recursive=True)
         jobs = [p for p in tree if p.ppid() != proc.pid]  # forked by the warm interpreter
         assert len(tree) >= 3 and jobs, [p.cmdline()[:3] for p in tree]  # the reaper, the warm interpreter, the job
+        record = tmp_path / "emulator" / "training" / "long-1" / "job.json"
+        assert json.loads(record.read_text())["SecondaryStatus"] == "Training"  # kept as the job runs
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         _, alive = psutil.wait_procs(tree, timeout=20)
         assert not alive, [p.cmdline()[:4] for p in alive]
+        assert json.loads(record.read_text())["TrainingJobStatus"] == "InProgress"  # nothing could say otherwise
+        TrainingJobs(tmp_path / "emulator" / "training")  # what the next local SageMaker on this folder does first
+        after = json.loads(record.read_text())
+        assert after["TrainingJobStatus"] == "Failed" and after["FailureReason"] == ABANDONED
     finally:
         if proc.poll() is None:
             proc.kill()
