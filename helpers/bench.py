@@ -335,10 +335,11 @@ def run_all(quick: bool = False) -> dict[str, list[dict[str, Any]]]:
                                    {"trainable": 2, "frozen": 3} if quick else {"trainable": 2, "frozen": 5}),
         "hpo": bench_hpo(cfg, 3 if quick else 8),
         "serving": bench_serving(None, 12 if quick else 48, levels=(1, 4) if quick else (1, 4, 16),
-                                 sweep=BATCH_SWEEP[:1] if quick else BATCH_SWEEP, abuse=40 if quick else 600),
+                                 sweep=BATCH_SWEEP[:1] if quick else BATCH_SWEEP, abuse=40 if quick else 600,
+                                 empty=not quick),
         "overhead": bench_overhead(cfg, 2 if quick else 3, 1 if quick else 3),
         "hardware": bench_hardware(cfg.backbone, size, batch_size=8 if quick else 32),
-        "emulator": bench_emulator(None, 3 if quick else 7, 12 if quick else 48),
+        "emulator": bench_emulator(None, 2 if quick else 7, 12 if quick else 48),
         "chapters": chapter_times(),
     }
 
@@ -452,14 +453,16 @@ def _empty_ray_app(folder: Path) -> Path:
 
 
 def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int, ...] = (1, 4, 16),
-                  sweep: tuple[dict[str, Any], ...] = BATCH_SWEEP, abuse: int = 600) -> list[dict[str, Any]]:
+                  sweep: tuple[dict[str, Any], ...] = BATCH_SWEEP, abuse: int = 600,
+                  empty: bool = True) -> list[dict[str, Any]]:
     """The in-process handler (the floor) vs the two serving containers on this machine, side by side.
 
     Each container gets the same requests on its own port (``POST /invocations``): latency and throughput
     at each concurrency; then ``abuse`` requests at concurrency 16 of which a quarter are bad (wrong
     answers, 5xx and the server's memory before and after). The Ray Serve container is also run with
     each batching setting of ``sweep`` (throughput against p99 at concurrency 16). First of all, an empty
-    deployment in the Ray Serve container measures what Ray Serve itself adds to every request.
+    deployment in the Ray Serve container measures what Ray Serve itself adds to every request (``empty``:
+    whether to; a quick run skips it, since the appendix reads full runs only).
     """
     import shutil
     import statistics
@@ -504,20 +507,21 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
                              "p50_vs_floor": row["p50_ms"] / base, "rss_mb": after / 1e6,
                              "rss_change_pct": 100 * (after - before) / before})
 
-        started = time.perf_counter()
-        with RayServeEndpoint(_empty_ray_app(Path(tmp) / "empty"), log_file=Path(tmp) / "ray-empty.log") as ep:
-            post = _Poster(ep.port)
-            post(images[0], "image/jpeg")
-            start_s = round(time.perf_counter() - started, 1)
-            trip = []
-            for i in range(max(requests, 24)):
-                t0 = time.perf_counter()
-                post(images[i % 8], "image/jpeg")
-                trip.append(1e3 * (time.perf_counter() - t0))
-            rows.append({"setup": EMPTY_RAY, "batching": "", "concurrency": 1, "requests": len(trip),
-                         **_percentiles(trip), "req_per_s": len(trip) / (sum(trip) / 1e3),
-                         "p50_vs_floor": statistics.median(trip) / base, "errors_5xx": 0, "wrong": 0,
-                         "rss_mb": ep.rss_bytes() / 1e6, "start_s": start_s})
+        if empty:
+            started = time.perf_counter()
+            with RayServeEndpoint(_empty_ray_app(Path(tmp) / "empty"), log_file=Path(tmp) / "ray-empty.log") as ep:
+                post = _Poster(ep.port)
+                post(images[0], "image/jpeg")
+                start_s = round(time.perf_counter() - started, 1)
+                trip = []
+                for i in range(max(requests, 24)):
+                    t0 = time.perf_counter()
+                    post(images[i % 8], "image/jpeg")
+                    trip.append(1e3 * (time.perf_counter() - t0))
+                rows.append({"setup": EMPTY_RAY, "batching": "", "concurrency": 1, "requests": len(trip),
+                             **_percentiles(trip), "req_per_s": len(trip) / (sum(trip) / 1e3),
+                             "p50_vs_floor": statistics.median(trip) / base, "errors_5xx": 0, "wrong": 0,
+                             "rss_mb": ep.rss_bytes() / 1e6, "start_s": start_s})
         started = time.perf_counter()
         with LocalEndpoint(model_dir, workers=1) as ep:
             measure("pytorch container (TorchServe-style)", "none", ep, levels, True)

@@ -156,12 +156,15 @@ def create_app(model_dir: str | os.PathLike[str], endpoint_name: str = "sagebook
     model_lock = asyncio.Lock()  # one model call at a time per worker process; the others queue
 
     def handle(body: bytes, content_type: str, accept: str) -> str:
-        data = None
+        data, error = None, None
         try:
             data = inference.input_fn(body, content_type)
             return inference.output_fn(inference.predict_fn(data, bundle), accept)
+        except inference.InferenceError as e:
+            error = e
+            raise
         finally:
-            inference.release_memory(data)
+            inference.release_memory(data, error)
 
     async def invoke(request: Request, runtime: bool) -> Any:
         try:

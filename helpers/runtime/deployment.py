@@ -52,7 +52,7 @@ class Classifier:
         return [(p, len(requests)) for p in self.inference.predict_many(requests, self.bundle)]
 
     async def __call__(self, request: Request) -> Response:
-        inference, data = self.inference, None
+        inference, data, error = self.inference, None, None
         try:
             body = await request.body()
             data = inference.input_fn(body, request.headers.get("content-type", ""))
@@ -64,10 +64,11 @@ class Classifier:
         except Exception as e:  # noqa: BLE001 - a failing request gets its status; the replica stays up
             if not isinstance(e, inference.InferenceError):
                 log.exception("inference failed")
+            error = e
             status, body = inference.error_response(e)
             return Response(body, status_code=status, media_type=inference.JSON)
         finally:
-            inference.release_memory(data)
+            inference.release_memory(data, error)
 
 
 def build(model_dir: str | os.PathLike[str]) -> Any:

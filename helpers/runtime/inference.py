@@ -68,6 +68,7 @@ class InferenceError(_ToolkitError):
         super().__init__(status_code, message, message)
         self.status_code = status_code
         self.message = message
+        self.decoded_bytes = 0  # what the request had decoded when it was refused (see release_memory)
 
     def __str__(self) -> str:
         return self.message
@@ -132,14 +133,19 @@ def input_fn(body: bytes | str, content_type: str) -> dict[str, Any]:
     if isinstance(body, str):
         body = body.encode("utf-8")
     budget = _Budget()
-    if media in IMAGE_TYPES:
-        data = {"images": [_open_image(bytes(body), budget)], "top_k": TOP_K}
-    elif media == NPY:
-        data = {"images": _npy_images(bytes(body), budget), "top_k": TOP_K}
-    elif media == JSON:
-        data = _json_request(bytes(body), budget)
-    else:
-        raise InferenceError(415, f"Unsupported content type {content_type!r}; send one of {', '.join(CONTENT_TYPES)}.")
+    try:
+        if media in IMAGE_TYPES:
+            data = {"images": [_open_image(bytes(body), budget)], "top_k": TOP_K}
+        elif media == NPY:
+            data = {"images": _npy_images(bytes(body), budget), "top_k": TOP_K}
+        elif media == JSON:
+            data = _json_request(bytes(body), budget)
+        else:
+            raise InferenceError(415, f"Unsupported content type {content_type!r}; send one of "
+                                      f"{', '.join(CONTENT_TYPES)}.")
+    except InferenceError as e:  # refused part-way (the budget, a bad image after good ones): the images decoded
+        e.decoded_bytes = budget.bytes  # so far go with the frames that held them, and the caller trims
+        raise e.with_traceback(None) from None
     data["decoded_bytes"] = budget.bytes
     return data
 
@@ -243,11 +249,14 @@ def error_response(exc: BaseException) -> tuple[int, str]:
     return status, json.dumps({"message": message})
 
 
-def release_memory(data: dict[str, Any] | None) -> None:
-    """Give the memory of a large request back to the system (glibc keeps freed blocks otherwise)."""
-    if data is None or data.get("decoded_bytes", 0) < TRIM_AFTER_BYTES:
+def release_memory(data: dict[str, Any] | None, error: BaseException | None = None) -> None:
+    """Give the memory of a large request back to the system (glibc keeps freed blocks otherwise): a request
+    that decoded more than :data:`TRIM_AFTER_BYTES`, answered (``data``) or refused part-way (``error``)."""
+    decoded = data.get("decoded_bytes", 0) if data else getattr(error, "decoded_bytes", 0)
+    if decoded < TRIM_AFTER_BYTES:
         return
-    data.clear()
+    if data:
+        data.clear()
     try:
         import ctypes
 

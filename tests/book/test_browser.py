@@ -68,6 +68,20 @@ def test_every_page_loads_without_console_errors_and_its_images_decode(browser):
     assert not problems, "\n".join(problems)
 
 
+def test_chapter_2_shows_the_comparison_of_starts_with_its_insights(browser):
+    """Every start is a row (one training job each), and the computed insights speak of pretraining and
+    fine-tuning: the default run's dataset is digits, on real ImageNet weights."""
+    from helpers import transfer
+
+    page, _ = visit(browser, (HTML / "book" / "02_hpo.html").as_uri(), "starts")
+    tables = " ".join(page.eval_on_selector_all(".cell_output table", "els => els.map(e => e.innerText)"))
+    for start in transfer.STARTS:
+        assert start.label in tables, start.label
+    items = " ".join(page.eval_on_selector_all(".cell_output li", "els => els.map(e => e.innerText)"))
+    assert "ImageNet features" in items and "Fine-tuning (last stage tuned)" in items, items[:500]
+    page.close()
+
+
 @pytest.mark.parametrize("chapter", list(FIGURES))
 def test_chapter_has_its_figures(browser, chapter):
     page, _ = visit(browser, (HTML / "book" / f"{chapter}.html").as_uri(), f"figures-{chapter}")

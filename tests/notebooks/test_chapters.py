@@ -323,12 +323,8 @@ def test_chapters_04_and_05_deploy_call_and_clean_up(tmp_path, request):
     execute("01_data", tmp_path, **common)
     server = background.running(tmp_path / "work")
     assert server is not None  # chapter 1 started the run's local SageMaker; the next chapters find it
-    nb2 = execute("02_hpo", tmp_path, **common, n_trials=2, max_parallel_trials=2)
-    outputs2 = [o for c in nb2.cells if c.cell_type == "code" for o in c.outputs]
-    starts = "".join(o.get("data", {}).get("text/plain", "") for o in outputs2)
-    for label in ("random, frozen", "pretrained, frozen, mlp head", "pretrained, all layers tuned"):
-        assert label in starts  # the comparison of starts, one training job each
-    assert "Fine-tuning (last stage tuned)" in insights(outputs2) and "random" in insights(outputs2)
+    execute("02_hpo", tmp_path, **common, n_trials=2, max_parallel_trials=2,
+            compare_starts=False)  # the book's build renders the comparison (tests/book)
     execute("03_debug_profile", tmp_path, **common,
             hyperparameters={"lr": 0.01, "batch_size": 8, "epochs": 1, "image_size": 32})
     nb = execute("04_deploy", tmp_path, **common, n_requests=6)

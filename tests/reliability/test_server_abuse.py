@@ -225,3 +225,20 @@ def test_each_worker_gets_its_share_of_the_cores(trained_model, monkeypatch, cor
         monkeypatch.delenv(name, raising=False)
     assert serving.main(["--model-dir", str(trained_model), "--workers", str(workers)]) == 0
     assert started == [workers] and os.environ["OMP_NUM_THREADS"] == threads
+
+
+def test_memory_a_request_refused_part_way_decoded_is_given_back(server):
+    """40 images of 16 Mpx in one request: three are decoded before the fourth passes the request's budget and
+    it is refused (413). What those three took is given back too, not only what answered requests took."""
+    from helpers import bench
+
+    body, content_type, _ = bench._bad_requests()[-1]
+    before = server.rss_bytes()
+    for _ in range(3):
+        req = urllib.request.Request(f"{server.endpoint_url}/invocations", data=body,
+                                     headers={"Content-Type": content_type})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=120)
+        assert e.value.code == 413 and b"decoding budget" in e.value.read()
+    grown = server.rss_bytes() - before
+    assert grown < 60e6, f"{grown / 1e6:.0f} MB kept"
