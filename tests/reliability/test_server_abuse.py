@@ -242,3 +242,54 @@ def test_memory_a_request_refused_part_way_decoded_is_given_back(server):
         assert e.value.code == 413 and b"decoding budget" in e.value.read()
     grown = server.rss_bytes() - before
     assert grown < 60e6, f"{grown / 1e6:.0f} MB kept"
+
+
+class FewFilesEndpoint(LimitedEndpoint):
+    """The server with a soft limit of 96 open files: a flood of connections reaches it."""
+
+    limits = LIMITS
+
+    def start(self, timeout_s: float = 120):
+        import resource
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        def few_files():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (96, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "helpers.serving", "--model-dir", str(self.model_dir), "--port", str(self.port),
+             *self.limits], stdout=open(self.log_file, "ab"), stderr=subprocess.STDOUT, preexec_fn=few_files,
+            start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+        self.wait_healthy(timeout_s)
+        return self
+
+
+def test_at_the_open_file_limit_ping_still_answers_and_the_log_stays_small(trained_model, tmp_path):
+    """300 silent connections held open against a server that may open 96 files: it closes the idle ones
+    (1 s here), so a health check queued behind them is answered within seconds, while they are still held;
+    and the log grows by a few lines at most."""
+    with FewFilesEndpoint(trained_model, log_file=tmp_path / "server.log") as ep:
+        before = ep.log_file.stat().st_size
+        held = []
+        try:
+            for _ in range(300):
+                s = socket.socket()
+                s.settimeout(5)
+                s.connect((ep.host, ep.port))  # the kernel's backlog takes what the server cannot accept yet
+                held.append(s)
+            started = time.monotonic()
+            while True:
+                try:
+                    ping_ms(ep)
+                    break
+                except OSError:
+                    assert time.monotonic() - started < 15, "no /ping answered while the connections were held"
+            answered_s = time.monotonic() - started
+        finally:
+            for s in held:
+                s.close()
+        grown = ep.log_file.stat().st_size - before
+        assert grown < 10_000, ep.log_file.read_text()[-2000:]
+        assert answered_s < 15
