@@ -156,10 +156,9 @@ def test_the_toolkit_dispatch_gives_the_same_answer(trained_model, bundle, test_
     assert bad.status == 415
 
 
-@pytest.mark.reliability
-def test_a_request_has_one_decoding_budget_for_all_its_images(monkeypatch):
-    """40 images under the per-image limit still cannot make one request decode gigabytes: refused before
-    the image that would pass the budget is decoded."""
+def refused_by_the_budget(monkeypatch, mode: str, size: tuple[int, int], count: int) -> list:
+    """Send ``count`` copies of a blank ``mode`` PNG of ``size`` in one JSON request, expect the budget's 413 at
+    image 1; the (size, mode) of each image decoded before it."""
     import base64
     import io
 
@@ -168,39 +167,31 @@ def test_a_request_has_one_decoding_budget_for_all_its_images(monkeypatch):
     from helpers.runtime import presets
 
     buf = io.BytesIO()
-    Image.new("L", (6000, 6000)).save(buf, format="PNG")  # 36 Mpx: under MAX_PIXELS, about 35 KB
+    Image.new(mode, size).save(buf, format="PNG")
     b64 = base64.b64encode(buf.getvalue()).decode()
     decoded = []
     real = presets.to_rgb
-    monkeypatch.setattr(inference, "to_rgb", lambda im: decoded.append(im.size) or real(im))
+    monkeypatch.setattr(inference, "to_rgb", lambda im: decoded.append((im.size, im.mode)) or real(im))
     with pytest.raises(InferenceError) as e:
-        inference.input_fn(json.dumps({"instances": [{"b64": b64}] * 40}), "application/json")
+        inference.input_fn(json.dumps({"instances": [{"b64": b64}] * count}), "application/json")
     assert e.value.status_code == 413 and "Image 1 would take the request past its decoding budget" in e.value.message
-    assert decoded == [(6000, 6000)]  # only the first was decoded
+    return decoded
+
+
+@pytest.mark.reliability
+def test_a_request_has_one_decoding_budget_for_all_its_images(monkeypatch):
+    """40 images under the per-image limit still cannot make one request decode gigabytes: refused before
+    the image that would pass the budget is decoded."""
+    # 36 Mpx each: under MAX_PIXELS, about 35 KB; only the first is decoded
+    assert refused_by_the_budget(monkeypatch, "L", (6000, 6000), 40) == [((6000, 6000), "L")]
 
 
 @pytest.mark.reliability
 def test_the_decoding_budget_counts_bytes_not_only_pixels(monkeypatch):
     """Two 30-megapixel RGBA images stay within the request's 60 Mpx but take 420 MB to decode (the source's 4
     bytes a pixel and the RGB copy's 3): the byte budget refuses the second before it is decoded."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    from helpers.runtime import presets
-
-    buf = io.BytesIO()
-    Image.new("RGBA", (5000, 6000)).save(buf, format="PNG")
-    b64 = base64.b64encode(buf.getvalue()).decode()
     assert 2 * 5000 * 6000 <= inference.MAX_REQUEST_PIXELS < 2 * 5000 * 6000 * 7 / 4  # the bytes decide, not pixels
-    decoded = []
-    real = presets.to_rgb
-    monkeypatch.setattr(inference, "to_rgb", lambda im: decoded.append(im.mode) or real(im))
-    with pytest.raises(InferenceError) as e:
-        inference.input_fn(json.dumps({"instances": [{"b64": b64}] * 2}), "application/json")
-    assert e.value.status_code == 413 and "Image 1 would take the request past its decoding budget" in e.value.message
-    assert decoded == ["RGBA"]
+    assert refused_by_the_budget(monkeypatch, "RGBA", (5000, 6000), 2) == [((5000, 6000), "RGBA")]
 
 
 def test_error_responses_are_the_same_json_everywhere():
