@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 from dataclasses import asdict, dataclass, field
 import logging
@@ -228,8 +229,40 @@ def app_from_env() -> Any:
 # Clients of a model server
 
 
+RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default min_worker_port..max_worker_port
+_handed_out: set[int] = set()
+
+
+def ephemeral_ports() -> range:
+    """The kernel's ephemeral range: where binding port 0, and every outgoing connection, takes its port."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port that is free now, for a server another process binds later.
+
+    It is picked below the ephemeral range and above Ray's worker ports: a port from the ephemeral range
+    (``bind(0)``) is free only until some process binds port 0 or connects out, and Ray's start binds
+    dozens of gRPC servers that way, so one of them took a model server's port before the server bound it."""
+    import random
+
+    low = RAY_WORKER_PORTS.stop
+    high = min(ephemeral_ports().start, 65536)
+    for port in random.Random().sample(range(low, high), max(0, min(200, high - low))):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # below the ephemeral range is full (or there is none): the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -295,6 +328,10 @@ class ModelServer:
                         return
             except OSError:
                 time.sleep(0.2)
+            except http.client.HTTPException as e:  # an answer, but not HTTP/1.1: not this server's
+                self.delete_endpoint()
+                raise EndpointError(f"Port {self.port} is answered by another program, not the model server "
+                                    f"({type(e).__name__}): it took the port before the server bound it") from e
         self.delete_endpoint()
         raise EndpointError(f"The model server did not answer /ping within {timeout_s:.0f} s")
 

@@ -154,6 +154,20 @@ def adapter_server(ray_url: str, port: int, limits: AdapterLimits = AdapterLimit
     return uvicorn.Server(config)
 
 
+def claim_port(port: int) -> Any:
+    """A socket bound to 127.0.0.1:``port`` and not yet listening: the port is this container's while Ray starts
+    (Ray's processes bind dozens of ports), and ``/ping`` is refused, not left hanging, until the adapter serves."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no SO_REUSEADDR: a second bind must fail
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as e:
+        sock.close()
+        raise RuntimeError(f"The SageMaker port {port} is taken by another program ({e.strerror})") from e
+    return sock
+
+
 def watch_parent(interval_s: float = 1.0) -> None:
     """End this container (SIGTERM to itself: Ray goes down with it) when the local SageMaker that started it is gone,
     even killed with -9: no Ray instance outlives its endpoint's host."""
@@ -198,11 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     watch_parent()
     started = time.monotonic()
     try:
+        sock = claim_port(args.port)
         status = start_ray(args.model_dir.resolve(), args.ray_port, args.num_cpus, args.temp_dir)
         log.info("Ray Serve is running after %.1f s: %s", time.monotonic() - started,
                  {n: a.status for n, a in status.applications.items()})
         limits = AdapterLimits(**{f.name: getattr(args, f.name) for f in fields(AdapterLimits)})
-        asyncio.run(adapter_server(f"http://127.0.0.1:{args.ray_port}", args.port, limits).serve())
+        asyncio.run(adapter_server(f"http://127.0.0.1:{args.ray_port}", args.port, limits).serve(sockets=[sock]))
         return 0
     except KeyboardInterrupt:
         return 0 if stopping else 130
