@@ -85,3 +85,14 @@ def test_a_taken_port_stops_the_container_before_ray_starts(tmp_path, monkeypatc
     with socket.create_server(("127.0.0.1", port)):
         assert ray_container.main(container_args(tmp_path, port)) == 1
     assert f"port {port} is taken" in caplog.text
+
+
+def test_the_containers_port_has_nagle_off_for_every_connection():
+    """A socket of protocol 0 makes asyncio leave Nagle on: keep-alive requests to the adapter took 68 ms, not 27."""
+    sock = ray_container.claim_port(serving.free_port())
+    with sock:
+        sock.listen(1)
+        with socket.create_connection(sock.getsockname()[:2]):
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
