@@ -32,14 +32,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     return path
 
 
-def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[str]:
+def remove_stale_temp_files(folder: str | os.PathLike[str],
+                            lock_of: Callable[[Path], Path] | None = None) -> list[str]:
     """Delete the temp files of interrupted :func:`atomic_write` calls in ``folder`` (``.NAME.XXXX.tmp``): a killed
-    writer leaves them, and SageMaker would upload those in a checkpoint folder. Call it before writing there."""
+    writer leaves them, and SageMaker would upload those in a checkpoint folder. Call it before writing there.
+
+    In a folder that several writers share, ``lock_of(final_path)`` names the lock file a writer of that file holds
+    while it writes (:func:`file_lock`): a temp file whose lock is held is another writer's, at work, and stays."""
     removed = []
     for f in Path(folder).glob(".*.tmp"):
-        if f.is_file():
+        if not f.is_file():
+            continue
+        if lock_of is None:
             f.unlink(missing_ok=True)
             removed.append(f.name)
+            continue
+        final = f.with_name(f.name[1:].rsplit(".", 2)[0])
+        with try_file_lock(lock_of(final)) as free:
+            if free:
+                f.unlink(missing_ok=True)
+                removed.append(f.name)
     return removed
 
 
@@ -67,16 +79,34 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256", chunk_s
 def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """An exclusive lock on the file ``path`` (created if missing) across processes and threads; none where
     ``fcntl`` is missing (Windows), where at worst two writers do the same work."""
+    with _flock(path, wait=True):
+        yield
+
+
+@contextlib.contextmanager
+def try_file_lock(path: str | os.PathLike[str]) -> Iterator[bool]:
+    """:func:`file_lock` without waiting: yields whether it holds the lock (False where ``fcntl`` is missing, as it
+    cannot tell)."""
+    with _flock(path, wait=False) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def _flock(path: str | os.PathLike[str], wait: bool) -> Iterator[bool]:
     try:
         import fcntl
     except ImportError:
-        yield
+        yield wait
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -413,7 +413,11 @@ def cached_features(body: nn.Module, split: str, samples: list[tuple[str, int]],
 
 def _cache_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on ``path``'s cache entry across processes (none where ``fcntl`` is missing)."""
-    return file_lock(path.with_name(path.name + ".lock"))
+    return file_lock(_cache_lock_file(path))
+
+
+def _cache_lock_file(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
 
 
 def _compute_features(body: nn.Module, split: str, samples: list[tuple[str, int]], cfg: TrainConfig,
@@ -654,8 +658,17 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     ckpt_path = paths.checkpoint_dir / CHECKPOINT_FILE if paths.checkpoint_dir else None
     if ckpt_path is not None and dinfo.is_main:
         _check_writable(paths.checkpoint_dir, "checkpoint folder")
-        if stale := remove_stale_temp_files(paths.checkpoint_dir):
-            log.info("removed %d temp file(s) of an interrupted checkpoint write: %s", len(stale), ", ".join(stale))
+    if dinfo.is_main:  # what a killed writer left: in the checkpoint folder SageMaker would upload it
+        folders = [paths.checkpoint_dir] if ckpt_path is not None else []
+        folders += [paths.model_dir, paths.output_dir] if write_artifacts else []
+        for folder in folders:
+            if folder.is_dir() and (stale := remove_stale_temp_files(folder)):
+                log.info("removed %d temp file(s) of an interrupted write in %s: %s", len(stale), folder.name,
+                         ", ".join(stale))
+        if cfg.feature_cache and Path(cfg.feature_cache).is_dir():  # shared: only entries no writer is at work on
+            if stale := remove_stale_temp_files(cfg.feature_cache, lock_of=_cache_lock_file):
+                log.info("removed %d temp file(s) of an interrupted feature-cache write: %s", len(stale),
+                         ", ".join(stale))
     data_id = data_identity(classes, {"train": train_samples, "valid": valid_samples},
                             {"train": paths.train, "valid": paths.valid})
     state = load_checkpoint(ckpt_path, cfg, restart, data_id) if ckpt_path else None

@@ -571,6 +571,23 @@ def test_a_checkpoint_of_other_data_is_refused_naming_the_difference(paths, tmp_
 
 
 @pytest.mark.reliability
+def test_a_checkpoint_of_another_class_count_is_refused_and_restart_starts_fresh(paths, tmp_path, synthetic_root):
+    """Not the raw size-mismatch traceback of loading a 3-class head into a 2-class model; ``--restart`` helps."""
+    p = paths()
+    train.fit(TrainConfig(**{**FAST, "epochs": 1}), p, emit=quiet([]))
+    fewer = tmp_path / "fewer"
+    shutil.copytree(synthetic_root, fewer)
+    for split in ("train", "valid", "test"):
+        shutil.rmtree(fewer / split / "001.Affenpinscher")
+    moved = dataclasses.replace(p, train=fewer / "train", valid=fewer / "valid", test=fewer / "test")
+    with pytest.raises(TrainingError, match=r"other classes \(3 there, 2 here; only there: 001.Affenpinscher\)"):
+        train.fit(TrainConfig(**{**FAST, "epochs": 1}), moved, emit=quiet([]))
+    lines = []
+    result = train.fit(TrainConfig(**{**FAST, "epochs": 1}), moved, restart=True, emit=quiet(lines))
+    assert result.resumed_from == 0 and json.loads((p.model_dir / "model_config.json").read_text())["num_classes"] == 2
+
+
+@pytest.mark.reliability
 def test_a_hyperparameter_mismatch_names_the_hyperparameter(paths):
     p = paths()
     train.fit(TrainConfig(**{**FAST, "epochs": 1}), p, emit=quiet([]))
@@ -586,3 +603,25 @@ def test_temp_files_of_an_interrupted_checkpoint_write_are_removed_at_start(path
     stale.write_bytes(b"x" * 1000)
     train.fit(TrainConfig(**{**FAST, "epochs": 1}), p, emit=quiet([]))
     assert not stale.exists() and (p.checkpoint_dir / "checkpoint.pt").is_file()
+
+
+@pytest.mark.reliability
+def test_temp_files_elsewhere_are_removed_unless_their_writer_is_at_work(paths, tmp_path):
+    """The model and output folders, and the feature cache that trials share: a stale entry's temp file goes; one
+    whose entry's lock is held (another trial writing it) stays."""
+    from helpers.runtime import fileio
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / ".resnet18-32-train-abc.pt.k3j2h1.tmp"
+    busy = cache / ".resnet18-32-valid-def.pt.q9w8e7.tmp"
+    stale.write_bytes(b"x" * 1000)
+    busy.write_bytes(b"y")
+    p = paths()
+    for folder in (p.model_dir, p.output_dir):
+        folder.mkdir(parents=True)
+        (folder / ".model.pth.a1b2c3.tmp").write_bytes(b"z")
+    with fileio.file_lock(cache / "resnet18-32-valid-def.pt.lock"):
+        train.fit(TrainConfig(**{**FAST, "epochs": 1, "feature_cache": str(cache)}), p, emit=quiet([]))
+    assert not stale.exists() and busy.exists()
+    assert not [*p.model_dir.glob(".*.tmp"), *p.output_dir.glob(".*.tmp")]
