@@ -10,6 +10,20 @@ from helpers import serverless
 from helpers.serverless import FunctionSpec, ScalingPolicy
 
 
+def client_mistakes() -> list[tuple[bytes, str, str]]:
+    """Requests that once got a 500 from the endpoint (and a 502 from the function): empty arrays, deep JSON."""
+    import io
+
+    import numpy as np
+
+    out = []
+    for shape in ((0, 32, 32, 3), (1, 0, 0, 3)):
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(shape, dtype=np.uint8))
+        out.append((buf.getvalue(), "application/x-npy", "no pixels"))
+    return [*out, (b"[" * 100_000 + b"]" * 100_000, "application/json", "nested too deeply")]
+
+
 @pytest.mark.slow
 def test_handler_calls_the_local_endpoint_through_boto3(trained_model, test_image):
     from helpers.serving import LocalEndpoint
@@ -21,6 +35,9 @@ def test_handler_calls_the_local_endpoint_through_boto3(trained_model, test_imag
             assert json.loads(ok["body"])["predictions"][0]["top_k"][0]["label"] == "Afghan hound"
             bad = fn.lambda_handler(serverless.api_gateway_event(b"junk", "image/png"), serverless.LambdaContext())
             assert bad["statusCode"] == 400 and "decodable" in json.loads(bad["body"])["error"]
+            for body, content_type, says in client_mistakes():  # 400 through the function, never retried into 502
+                out = fn.lambda_handler(serverless.api_gateway_event(body, content_type), serverless.LambdaContext())
+                assert out["statusCode"] == 400 and says in json.loads(out["body"])["error"], (content_type, out)
         with serverless.local_function("cats", ep.endpoint_url) as fn:
             missing = fn.lambda_handler(serverless.direct_event(test_image), serverless.LambdaContext())
             assert missing["statusCode"] == 404

@@ -375,6 +375,7 @@ def test_a_run_that_crashed_after_chapter_4_leaves_nothing_after_the_next(tmp_pa
     import psutil
 
     from helpers.emulator import background
+    from helpers.ledger import Ledger
 
     common = {"work_dir": str(tmp_path / "work"), "dataset": "synthetic", "synthetic_classes": 3,
               "synthetic_images": 10}
@@ -386,8 +387,10 @@ def test_a_run_that_crashed_after_chapter_4_leaves_nothing_after_the_next(tmp_pa
     server = background.running(tmp_path / "work")  # the run "crashes" here: no cleanup ran
     execute("01_data", tmp_path, **common)  # a new run
     assert Manifest.load(tmp_path / "work").get("endpoint") is None  # the stage went with the new data record
+    assert ("endpoint", name) in {(r.kind, r.name) for r in Ledger(tmp_path / "work").entries()}  # the ledger knows
     removed = book.teardown(common)
     assert f"endpoint {name}" in removed and "the local SageMaker" in removed
+    assert Ledger(tmp_path / "work").entries() == []  # nothing recorded is left
     assert background.running(tmp_path / "work") is None
     assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == "zombie"
 
