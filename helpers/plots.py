@@ -533,3 +533,66 @@ def replica_scaling(timeline) -> Figure:
     for ax in (ax1, ax2, ax3):
         ax.spines[["top"]].set_visible(False)
     return fig
+
+
+# The performance appendix: the committed reference runs (helpers.bench.runs_table) and this build's chapters
+
+@for_the_book
+def reference_training(train) -> Figure:
+    """Training images per second, every reference run's variants, the seed-style loop in grey (log scale)."""
+    fig = Figure(figsize=(8, 0.6 + 0.45 * len(train)), layout="tight")
+    ax = fig.subplots()
+    labels = [f"{r.run}: {r.variant.split(' (')[0]}" for r in train.itertuples()]
+    ax.barh(labels, train["images_per_s"], color=["#7f7f7f" if v.startswith("seed") else "#1f77b4"
+                                                  for v in train["variant"]])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("training images / s (log scale)")
+    return fig
+
+
+SERVING_CONTAINERS = ("pytorch container (TorchServe-style)", "ray-serve container")
+HANDLER_FLOOR = "in-process handler (floor)"
+
+
+@for_the_book
+def reference_serving(rows, title: str) -> Figure:
+    """One reference run's serving rows: throughput and p99 against clients for both containers (Ray Serve at its
+    first batching setting), and every batching setting's p99 against throughput at the highest load."""
+    plain = rows[rows["abuse"].isna()] if "abuse" in rows else rows
+    ray = plain[plain["setup"] == SERVING_CONTAINERS[1]]
+    first = ray["batching"].iloc[0] if len(ray) else None
+    fig = Figure(figsize=(10, 3.8), layout="tight")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    for setup, group in plain[plain["setup"].isin(SERVING_CONTAINERS)].groupby("setup", sort=False):
+        is_ray = setup == SERVING_CONTAINERS[1]
+        group = group[group["batching"] == first] if is_ray else group
+        label = setup.split(" (")[0] + (f" ({first})" if is_ray else "")
+        ax1.plot(group["concurrency"], group["req_per_s"], marker="o", label=label)
+        ax2.plot(group["concurrency"], group["p99_ms"], marker="o", label=label)
+    floor = plain[plain["setup"] == HANDLER_FLOOR]
+    if len(floor):
+        ax1.axhline(floor["req_per_s"].iloc[0], color="#7f7f7f", ls=":", label="in-process handler, 1 client")
+    ax1.set(xlabel="concurrent clients", ylabel="requests / s", title="Throughput", ylim=(0, None))
+    ax2.set(xlabel="concurrent clients", ylabel="p99 latency (ms)", title="Tail latency", ylim=(0, None))
+    sweep = ray[ray["concurrency"] == ray["concurrency"].max()]
+    ax3.scatter(sweep["p99_ms"], sweep["req_per_s"], color="#d62728")
+    for r in sweep.itertuples():
+        ax3.annotate(r.batching, (r.p99_ms, r.req_per_s), xytext=(4, 4), textcoords="offset points")
+    ax3.set(xlabel="p99 latency (ms)", ylabel="requests / s", ylim=(0, None), xlim=(0, None),
+            title=f"Ray Serve settings, {int(sweep['concurrency'].max()) if len(sweep) else 0} clients")
+    for ax in (ax1, ax2):
+        ax.legend(frameon=False)
+    fig.suptitle(title)
+    return fig
+
+
+@for_the_book
+def chapter_times(each) -> Figure:
+    """The wall time of each chapter of this build."""
+    fig = Figure(figsize=(7, 0.6 + 0.4 * len(each)), layout="tight")
+    ax = fig.subplots()
+    ax.barh(each["chapter"], each["seconds"], color="#1f77b4")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    return fig

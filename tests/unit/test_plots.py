@@ -66,7 +66,24 @@ def _every_figure(synthetic_root):
             index=["random, frozen", "pretrained, frozen", "pretrained, all layers tuned"])),
         "simulation": plots.simulation(sims, "a spike"),
         "replica_scaling": plots.replica_scaling(timeline),
+        **_appendix_figures(),
     }
+
+
+def _appendix_figures():
+    """The performance appendix's figures, of the committed reference runs (and chapter times like a build's)."""
+    import pandas as pd
+
+    from helpers import bench
+
+    runs = bench.reference_runs()
+    assert runs, "no reference run in book/results"
+    serving = bench.runs_table(runs, "serving")
+    times = pd.DataFrame({"chapter": [f"0{i}_chapter" for i in range(1, 7)], "seconds": [20, 50, 70, 40, 70, 5]})
+    return {"reference_training": plots.reference_training(bench.runs_table(runs, "training")),
+            **{f"reference_serving {name}": plots.reference_serving(rows, name)
+               for name, rows in serving.groupby("run", sort=False)},
+            "chapter_times": plots.chapter_times(times)}
 
 
 def test_every_figure_of_the_chapters_has_text_of_10_px_or_more(synthetic_root):
@@ -74,6 +91,21 @@ def test_every_figure_of_the_chapters_has_text_of_10_px_or_more(synthetic_root):
     small = {name: round(plots.rendered_text_px(fig), 1) for name, fig in figures.items()
              if plots.rendered_text_px(fig) < plots.MIN_TEXT_PX}
     assert not small, small
+
+
+def test_the_chapters_draw_no_figure_of_their_own():
+    """Only :mod:`helpers.plots` makes its figures readable in the book (``for_the_book``): a figure a chapter's
+    cell draws itself escapes that (the appendix's serving figure had 7 px legends)."""
+    import json
+    import re
+
+    from helpers.book import ROOT
+
+    drawn = re.compile(r"\bFigure\(|\bplt\.|\.subplots\(")
+    cells = [(nb.stem, i) for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))
+             for i, cell in enumerate(json.loads(nb.read_text())["cells"])
+             if cell["cell_type"] == "code" and drawn.search("".join(cell["source"]))]
+    assert not cells, cells
 
 
 def test_a_dataset_of_one_image_size_has_no_size_plot(synthetic_root):
