@@ -66,6 +66,8 @@ def table(rows: Sequence[Mapping[str, Any]]) -> Any:
 
 #: A fine-tuning gain (accuracy) large enough to be about the data, not the noise of a short run.
 FINE_TUNING_MATTERS = 0.02
+#: Accuracy differences below this (half a point) are said as "the same", not as an order.
+SAME = 0.005
 
 
 def points(difference: float) -> str:
@@ -89,8 +91,10 @@ def insights(rows: Sequence[Mapping[str, Any]], dataset: str, weights: str) -> l
                          f"pretrained backbone scores {frozen:.1%}, the same backbone with random weights "
                          f"{random_:.1%}.")
         else:
+            verdict = (f"ImageNet features do worse than random ones on `{dataset}`, by {points(-gain)}"
+                       if gain < -SAME else f"ImageNet features help little on `{dataset}`")
             lines.append(
-                f"ImageNet features help little on `{dataset}`: {frozen:.1%} frozen and pretrained against "
+                f"{verdict}: {frozen:.1%} frozen and pretrained against "
                 f"{random_:.1%} frozen and random. The features were learnt on photos of objects; "
                 + ("8x8 grey scans of digits, upscaled, look nothing like them (the domain gap), and even random "
                    "convolutions give a linear classifier enough to separate ten digits."
@@ -100,7 +104,7 @@ def insights(rows: Sequence[Mapping[str, Any]], dataset: str, weights: str) -> l
         if frozen is None or s.label not in acc:
             continue
         change = acc[s.label] - frozen
-        verb = "gains" if change > 0.005 else "loses" if change < -0.005 else "changes"
+        verb = "gains" if change > SAME else "loses" if change < -SAME else "changes"
         lines.append(f"Fine-tuning ({s.label.removeprefix('pretrained, ')}) {verb} {points(abs(change))} over the "
                      f"frozen backbone ({acc[s.label]:.1%} against {frozen:.1%}) and takes "
                      f"{by[s.label]['seconds']:.0f} s against {by[STARTS[1].label]['seconds']:.0f} s.")
@@ -119,7 +123,7 @@ def insights(rows: Sequence[Mapping[str, Any]], dataset: str, weights: str) -> l
     for s in STARTS[2:4]:
         if s.label in acc and frozen is not None:
             d = acc[s.label] - frozen
-            what = "the same" if abs(d) < 0.005 else f"{points(abs(d))} {'better' if d > 0 else 'worse'}"
+            what = "the same" if abs(d) < SAME else f"{points(abs(d))} {'better' if d > 0 else 'worse'}"
             lines.append(f"The switch `{s.label.removeprefix('pretrained, frozen, ')}` scores {what} than the "
                          f"plain frozen start ({acc[s.label]:.1%}).")
     return lines

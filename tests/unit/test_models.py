@@ -99,14 +99,14 @@ def test_save_and_load_round_trip(tmp_path):
         models.load_model(tmp_path / "model")
 
 
-def _imagenet_top5(backbone: str, image) -> list[str]:
+def _imagenet_top5(backbone: str, image, weights: str = "DEFAULT") -> list[str]:
     from PIL import Image
     from torchvision.models import ResNet18_Weights
 
     from helpers.runtime.presets import Preprocessing, eval_transform
 
     net = models.network(backbone)
-    net.load_state_dict(models.timm_state_dict(models.pretrained_state_dict(backbone, "DEFAULT"), net))
+    net.load_state_dict(models.timm_state_dict(models.pretrained_state_dict(backbone, weights), net))
     x = eval_transform(Preprocessing.for_size(224, backbone))(Image.fromarray(image))[None]
     with torch.inference_mode():
         top = net.eval()(x).topk(5).indices[0].tolist()
@@ -180,3 +180,15 @@ def test_last_stage_fine_tuning_trains_only_that_stage():
     assert m.body.layer4.training and not m.body.layer1.training and not m.body.bn1.training
     with pytest.raises(ModelError, match="finetune"):
         models.last_stage("resnet18", "half")
+
+
+def test_the_default_run_starts_from_real_imagenet_weights():
+    """The book's default run is transfer learning: its backbone and weights, offline, know ImageNet's classes."""
+    from sklearn.datasets import load_sample_images
+
+    from helpers.config import RunConfig
+
+    cfg = RunConfig()
+    flower = dict(zip((p.rsplit("/", 1)[-1] for p in load_sample_images().filenames),
+                      load_sample_images().images))["flower.jpg"]
+    assert _imagenet_top5(cfg.backbone, flower, cfg.weights)[0] == "daisy"
