@@ -145,6 +145,10 @@ def test_mlflow_ui_lists_the_tuning_jobs_parent_run_and_its_trials_with_their_ob
     page, _ = visit(browser, (HTML / "book" / "02_hpo.html").as_uri(), "chapter-2")
     size = page.eval_on_selector("img[src$='mlflow-ui.png']", "e => [e.naturalWidth, e.naturalHeight]")
     assert size[0] >= 1000 and size[1] >= 500, size
+    # at its own size, in a box that scrolls: scaled to the 624 px column its text was about 6 px
+    shown = page.eval_on_selector("img[src$='mlflow-ui.png']", """e => [e.getBoundingClientRect().width,
+        getComputedStyle(e.parentElement).overflowX, e.parentElement.scrollWidth > e.parentElement.clientWidth]""")
+    assert shown[0] == pytest.approx(size[0], abs=2) and shown[1] == "auto" and shown[2], shown
     page.close()
 
 
