@@ -295,7 +295,10 @@ def test_aws_cli_creates_describes_lists_and_stops_training_jobs(aws_cli, client
 
 def test_instance_count_runs_one_process_per_instance_under_torchrun(local_sagemaker, clients, tmp_path):
     sm, s3 = clients
-    script = "import os\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], os.environ['SM_HOSTS'])\n"
+    # one write() for the line: the ranks share one output here, and print()'s word-by-word writes (python -u)
+    # once interleaved there ("rankrank 0 of 2 ... 1 of 2 ...")
+    script = ("import os, sys\nsys.stdout.write(f\"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} "
+              "{os.environ['SM_HOSTS']}\\n\")\n")
     req = job_request("multi-1", put_sourcedir(s3, write_script(tmp_path / "src", script)))
     req["ResourceConfig"]["InstanceCount"] = 2
     sm.create_training_job(**req)
