@@ -43,12 +43,8 @@ def remove_stale_temp_files(folder: str | os.PathLike[str],
     for f in Path(folder).glob(".*.tmp"):
         if not f.is_file():
             continue
-        if lock_of is None:
-            f.unlink(missing_ok=True)
-            removed.append(f.name)
-            continue
         final = f.with_name(f.name[1:].rsplit(".", 2)[0])
-        with try_file_lock(lock_of(final)) as free:
+        with try_file_lock(lock_of(final)) if lock_of else contextlib.nullcontext(True) as free:
             if free:
                 f.unlink(missing_ok=True)
                 removed.append(f.name)
