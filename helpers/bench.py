@@ -418,7 +418,11 @@ def _serving_load(post: _Poster, requests: list[tuple[bytes, str, int | None]], 
 #: TorchServe-style endpoint but batched. Then other batch sizes and waits, one replica with both cores'
 #: threads, and the book's default, which autoscales to two replicas of one thread each.
 ONE = {"max_replicas": 1}
-EMPTY_RAY = "ray-serve container, empty deployment"
+#: The serving rows' setups (helpers.plots.reference_serving draws them by these names).
+FLOOR = "in-process handler (floor)"
+TORCHSERVE = "pytorch container (TorchServe-style)"
+RAY = "ray-serve container"
+EMPTY_RAY = f"{RAY}, empty deployment"
 BATCH_SWEEP: tuple[dict[str, Any], ...] = (
     ONE, {**ONE, "max_batch_size": 1, "batch_wait_timeout_s": 0.0}, {**ONE, "max_batch_size": 4},
     {**ONE, "batch_wait_timeout_s": 0.0}, {**ONE, "batch_wait_timeout_s": 0.02}, {**ONE, "num_cpus": 2}, {})
@@ -484,7 +488,7 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
             floor.append(1e3 * (time.perf_counter() - t0))
         del bundle
         base = statistics.median(floor)
-        rows = [{"setup": "in-process handler (floor)", "batching": "", "concurrency": 1, "requests": len(floor),
+        rows = [{"setup": FLOOR, "batching": "", "concurrency": 1, "requests": len(floor),
                  **_percentiles(floor), "req_per_s": 1e3 / base, "p50_vs_floor": 1.0, "errors_5xx": 0, "wrong": 0}]
         good = [(images[i % 8], "image/jpeg", answer[i % 8]) for i in range(max(requests, 64))]
         bad = _bad_requests()
@@ -524,7 +528,7 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
                              "rss_mb": ep.rss_bytes() / 1e6, "start_s": start_s})
         started = time.perf_counter()
         with LocalEndpoint(model_dir, workers=1) as ep:
-            measure("pytorch container (TorchServe-style)", "none", ep, levels, True)
+            measure(TORCHSERVE, "none", ep, levels, True)
         for i, overrides in enumerate(sweep):
             copy = shutil.copytree(model_dir, Path(tmp) / f"ray-{i}" / "model", ignore=shutil.ignore_patterns("code"))
             shutil.copytree(model_dir / "code", copy / "code")
@@ -535,7 +539,7 @@ def bench_serving(model_dir: Path | None, requests: int = 48, levels: tuple[int,
             started = time.perf_counter()
             with RayServeEndpoint(copy, log_file=Path(tmp) / f"ray-{i}.log", environment=settings.environment()) as ep:
                 first = i == 0
-                measure("ray-serve container", label, ep, levels if first else (max(levels),), first)
+                measure(RAY, label, ep, levels if first else (max(levels),), first)
     return rows
 
 
@@ -763,7 +767,7 @@ def _serving_findings(rows: list[dict[str, Any]], goal: Callable[[str, bool], st
     """The serving targets: Ray Serve's p50 near the floor, batching's throughput, and the abuse mix."""
     lines = []
     plain = [r for r in rows if not r.get("abuse")]
-    ray = [r for r in plain if r["setup"] == "ray-serve container"]
+    ray = [r for r in plain if r["setup"] == RAY]
     torch = {r["concurrency"]: r for r in plain if r["setup"].startswith("pytorch")}
     first = ray[0]["batching"] if ray else None
     ray1 = next((r for r in ray if r["concurrency"] == 1 and r["batching"] == first), None)

@@ -551,26 +551,24 @@ def reference_training(train) -> Figure:
     return fig
 
 
-SERVING_CONTAINERS = ("pytorch container (TorchServe-style)", "ray-serve container")
-HANDLER_FLOOR = "in-process handler (floor)"
-
-
 @for_the_book
 def reference_serving(rows, title: str) -> Figure:
     """One reference run's serving rows: throughput and p99 against clients for both containers (Ray Serve at its
     first batching setting), and every batching setting's p99 against throughput at the highest load."""
+    from helpers.bench import FLOOR, RAY, TORCHSERVE
+
     plain = rows[rows["abuse"].isna()] if "abuse" in rows else rows
-    ray = plain[plain["setup"] == SERVING_CONTAINERS[1]]
+    ray = plain[plain["setup"] == RAY]
     first = ray["batching"].iloc[0] if len(ray) else None
     fig = Figure(figsize=(10, 3.8), layout="tight")
     ax1, ax2, ax3 = fig.subplots(1, 3)
-    for setup, group in plain[plain["setup"].isin(SERVING_CONTAINERS)].groupby("setup", sort=False):
-        is_ray = setup == SERVING_CONTAINERS[1]
+    for setup, group in plain[plain["setup"].isin((TORCHSERVE, RAY))].groupby("setup", sort=False):
+        is_ray = setup == RAY
         group = group[group["batching"] == first] if is_ray else group
         label = setup.split(" (")[0] + (f" ({first})" if is_ray else "")
         ax1.plot(group["concurrency"], group["req_per_s"], marker="o", label=label)
         ax2.plot(group["concurrency"], group["p99_ms"], marker="o", label=label)
-    floor = plain[plain["setup"] == HANDLER_FLOOR]
+    floor = plain[plain["setup"] == FLOOR]
     if len(floor):
         ax1.axhline(floor["req_per_s"].iloc[0], color="#7f7f7f", ls=":", label="in-process handler, 1 client")
     ax1.set(xlabel="concurrent clients", ylabel="requests / s", title="Throughput", ylim=(0, None))
