@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from helpers.runtime import metrics
 
 #: What every start shares, so the rows differ only in what their names say (a short run: it is a comparison).
-SHARED: dict[str, Any] = {"epochs": 2, "batch_size": 32, "patience": 1}
+SHARED: dict[str, Any] = {"epochs": 2, "batch_size": 16, "patience": 1, "max_per_class": 64}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from helpers.runtime.catalog import BACKBONES, FINETUNE, HEADS
@@ -40,6 +40,8 @@ class TrainConfig:
     use_feature_cache: bool = True
     channels_last: bool = True
     cache_images: bool = True
+    max_per_class: int = field(default=0, metadata={"help": "train on at most N images of each class, a seeded "
+                                                            "sample (0: all); valid and test stay whole"})
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +63,8 @@ class TrainConfig:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.weight_decay < 0 or self.patience < 0:
             problems.append("weight_decay and patience must be >= 0")
+        if not (isinstance(self.max_per_class, int) and self.max_per_class >= 0):
+            problems.append(f"max_per_class must be an integer >= 0 (0: every image), got {self.max_per_class!r}")
         if not 16 <= self.image_size <= 1024:
             problems.append(f"image_size must be between 16 and 1024, got {self.image_size!r}")
         if problems:

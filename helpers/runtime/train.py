@@ -193,6 +193,20 @@ def list_samples(split_dir: Path, classes: Sequence[str]) -> list[tuple[str, int
     return samples
 
 
+def sample_per_class(samples: list[tuple[str, int]], limit: int, seed: int) -> list[tuple[str, int]]:
+    """At most ``limit`` samples of each label, a seeded random choice kept in listing order (0: all of them)."""
+    import random
+
+    if limit <= 0:
+        return samples
+    by_label: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(samples):
+        by_label.setdefault(label, []).append(i)
+    rng = random.Random(seed)
+    keep = sorted(i for idx in by_label.values() for i in (rng.sample(idx, limit) if len(idx) > limit else idx))
+    return [samples[i] for i in keep]
+
+
 def require_usable(split: str, labels: Sequence[int], classes: Sequence[str], n_files: int) -> None:
     """Stop before training when a split cannot serve: a train class without one readable image (the model
     would be asked to predict a class it never saw), or a valid or test split with none."""
@@ -648,7 +662,11 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     started = time.perf_counter()
     # Cheap checks first: nothing expensive happens before the inputs are known to be usable.
     classes = class_folders(paths.train)
-    train_samples = list_samples(paths.train, classes)
+    all_train = list_samples(paths.train, classes)
+    train_samples = sample_per_class(all_train, cfg.max_per_class, cfg.seed)
+    if len(train_samples) < len(all_train) and dinfo.is_main:
+        log.info("training on %d of the %d train images (at most %d per class)", len(train_samples), len(all_train),
+                 cfg.max_per_class)
     valid_samples = list_samples(paths.valid, classes)
     test_samples = list_samples(paths.test, classes) if paths.test and paths.test.is_dir() else None
     require_usable("train", [y for _, y in train_samples], classes, len(train_samples))  # empty class folders

@@ -168,3 +168,26 @@ def test_a_missing_weights_file_is_refused_before_submitting(aws):
     with pytest.raises(ValueError, match="nor a file on this machine"):
         sagemaker_jobs.model_trainer(cfg, sess, role=ROLE, hyperparameters={"weights": "/no/such/weights.pth"},
                                      base_job_name="sb-test")
+
+
+def test_the_sdk_checks_a_config_once_and_an_invalid_one_every_time(monkeypatch):
+    """``ModelTrainer.train()`` looks up nine config values, and the SDK checked the config's whole JSON
+    schema on each: 4 s of every job's start on 2 cores. After ``sdk_session`` it is checked once."""
+    import jsonschema
+    from sagemaker.core.config import config_manager
+    from sagemaker.core.common_utils import get_sagemaker_config_value
+
+    sagemaker_jobs.validate_each_config_once()
+    calls = []
+    real = jsonschema.validate
+    monkeypatch.setattr(config_manager.jsonschema, "validate", lambda *a, **kw: (calls.append(1), real(*a, **kw)))
+    config = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": False}}}}
+    for _ in range(3):
+        assert get_sagemaker_config_value(None, "SageMaker.PythonSDK.Modules.TelemetryOptOut",
+                                          sagemaker_config=config) is False
+    assert len(calls) == 1
+    bad = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": "maybe"}}}}
+    for _ in range(2):
+        with pytest.raises(jsonschema.ValidationError):
+            get_sagemaker_config_value(None, "SageMaker.PythonSDK.Modules.TelemetryOptOut", sagemaker_config=bad)
+    assert len(calls) == 3

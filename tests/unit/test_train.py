@@ -625,3 +625,31 @@ def test_temp_files_elsewhere_are_removed_unless_their_writer_is_at_work(paths, 
         train.fit(TrainConfig(**{**FAST, "epochs": 1, "feature_cache": str(cache)}), p, emit=quiet([]))
     assert not stale.exists() and busy.exists()
     assert not [*p.model_dir.glob(".*.tmp"), *p.output_dir.glob(".*.tmp")]
+
+
+def test_a_seeded_sample_per_class_keeps_every_class_and_the_listing_order():
+    samples = [(f"c{label}/{i}.png", label) for label in range(3) for i in range(10)]
+    picked = train.sample_per_class(samples, 4, seed=7)
+    assert [sum(1 for _, y in picked if y == label) for label in range(3)] == [4, 4, 4]
+    assert picked == sorted(picked, key=samples.index)  # listing order, so the loaders' shuffles are the seed's
+    assert picked == train.sample_per_class(samples, 4, seed=7) != train.sample_per_class(samples, 4, seed=8)
+    assert train.sample_per_class(samples, 0, seed=7) == samples == train.sample_per_class(samples, 10, seed=7)
+
+
+def test_max_per_class_trains_on_the_sample_and_validates_on_the_whole_split(paths, monkeypatch):
+    """The comparison of starts (chapter 2) trains on a sample: only train shrinks, valid and test stay whole."""
+    seen = {}
+    real = train.decode_splits
+
+    def spy(splits, *a, **kw):
+        seen.update({s: len(v) for s, v in splits.items()})
+        return real(splits, *a, **kw)
+
+    monkeypatch.setattr(train, "decode_splits", spy)
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, freeze_backbone=False, max_per_class=2)
+    train.fit(cfg, paths(), emit=quiet([]))
+    whole = {s: len(train.list_samples(getattr(paths(), s), train.class_folders(paths().train)))
+             for s in ("train", "valid", "test")}
+    assert seen == {"train": 2 * 3, "valid": whole["valid"], "test": whole["test"]} and whole["train"] > 6
+    with pytest.raises(TrainingError, match="max_per_class"):
+        TrainConfig(max_per_class=-1)

@@ -19,6 +19,8 @@ def test_every_start_is_a_valid_job_of_the_run():
     assert jobs[0]["weights"] == "none" and all(j["weights"] == "DEFAULT" for j in jobs[1:])
     assert {(j["freeze_backbone"], j.get("finetune")) for j in jobs[4:]} == {(False, "last"), (False, "all")}
     assert len({tuple(sorted(j.items())) for j in jobs}) == len(jobs)  # no two starts are the same job
+    # the same short schedule on the same sample of the train split: the rows differ only where their names do
+    assert {(j["epochs"], j["max_per_class"]) for j in jobs} == {(transfer.SHARED["epochs"], 64)}
 
 
 def test_a_row_from_describe_training_job():
