@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from helpers.runtime import metrics
@@ -45,6 +46,27 @@ STARTS: tuple[Start, ...] = (
 def hyperparameters(static: Mapping[str, Any], start: Start) -> dict[str, Any]:
     """A start's job: the run's shared settings, :data:`SHARED`, then the start's own changes."""
     return {**static, **SHARED, **start.hyperparameters}
+
+
+def schedule(train_dir: Path, shared: Mapping[str, Any] = SHARED) -> str:
+    """What every start shares, said from :data:`SHARED` and the train split's own class folders (the page's
+    prose cannot drift from the jobs)."""
+    from helpers.runtime.train import class_folders, list_samples
+
+    classes = class_folders(train_dir)
+    per_class = [0] * len(classes)
+    for _, label in list_samples(train_dir, classes):
+        per_class[label] += 1
+    limit, total = int(shared.get("max_per_class", 0)), sum(per_class)
+    epochs = int(shared["epochs"])
+    line = f"Every start trains for {epochs} epoch{'s' if epochs != 1 else ''} in batches of {shared['batch_size']}"
+    if limit > 0:
+        kept = sum(min(n, limit) for n in per_class)
+        line += (f", on a seeded sample of at most {limit} training images per class (`max_per_class`): "
+                 f"{kept:,} of the {total:,} training images of {len(classes)} classes")
+    else:
+        line += f", on all {total:,} training images"
+    return line + "; validation uses the whole split."
 
 
 def job_row(start: Start, description: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,3 +66,32 @@ def test_without_pretrained_weights_the_comparison_says_it_cannot_tell():
 def test_no_domain_gap_is_claimed_when_fine_tuning_adds_nothing():
     lines = transfer.insights(rows(values=[0.30, 0.80, 0.82, 0.81, 0.80, 0.805]), "dogImages", "DEFAULT")
     assert not any("domain gap" in line for line in lines)
+
+
+def _folder(root, counts):
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            (root / cls / f"{i}.png").write_bytes(b"")  # listed by name, never decoded
+    return root
+
+
+def test_the_schedule_is_said_from_shared_and_the_split_itself(tmp_path):
+    train = _folder(tmp_path / "train", {"a": 5, "b": 2, "c": 3})
+    line = transfer.schedule(train, {"epochs": 2, "batch_size": 16, "max_per_class": 3})
+    assert line.startswith("Every start trains for 2 epochs in batches of 16")
+    assert "at most 3 training images per class" in line and "8 of the 10 training images of 3 classes" in line
+    assert "validation uses the whole split" in line
+    assert "on all 10 training images" in transfer.schedule(train, {"epochs": 1, "batch_size": 4, "max_per_class": 0})
+    assert "1 epoch in" in transfer.schedule(train, {"epochs": 1, "batch_size": 4})
+
+
+def test_chapter_2_prints_the_schedule_rather_than_stating_it_by_hand():
+    import json
+    from pathlib import Path
+
+    cells = json.loads((Path(__file__).parents[2] / "notebooks" / "02_hpo.ipynb").read_text())["cells"]
+    code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    prose = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "transfer.schedule(" in code
+    assert f"at most {transfer.SHARED['max_per_class']}" not in prose and "two epochs" not in prose
