@@ -96,22 +96,27 @@ def compare_medians(name_a: str, a: Sequence[float], name_b: str, b: Sequence[fl
 
 
 def step_load(call: Callable[[], str | None], steps: Sequence[tuple[int, float]],
-              max_requests_per_step: int = 2000) -> list[dict[str, Any]]:
+              max_requests_per_step: int = 2000, hold_s: float | None = None) -> list[dict[str, Any]]:
     """A load that steps up and down: ``(clients, seconds)`` per step, each client calling in a loop.
 
     ``call()`` returns the response's ``CustomAttributes`` (``replica=ID;batch=N`` from the Ray Serve
     deployment), or raises for a failed request. One record per request: its end time ``t`` (s from the
     start), the step's clients, latency, whether it succeeded, and the replica and batch size that served it.
+
+    With ``hold_s``, a step in which a replica answers for the first time (not the load's first replica) ends
+    ``hold_s`` after that answer, or at its own end if that comes first: once the new replica serves, a few
+    seconds measure what it adds, and the rest of the step would only repeat them.
     """
     records: list[dict[str, Any]] = []
+    seen: set[str] = set()
     lock = threading.Lock()
     start = time.perf_counter()
     for clients, seconds in steps:
-        deadline = time.perf_counter() + seconds
+        deadline = [time.perf_counter() + seconds]
         budget = [max_requests_per_step]
 
         def client() -> None:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline[0]:
                 with lock:
                     if budget[0] <= 0:
                         return
@@ -123,9 +128,14 @@ def step_load(call: Callable[[], str | None], steps: Sequence[tuple[int, float]]
                     attrs, ok = "", False
                 t1 = time.perf_counter()
                 fields = dict(kv.split("=", 1) for kv in attrs.split(";") if "=" in kv)
+                replica = fields.get("replica")
                 with lock:
                     records.append({"t": t1 - start, "clients": clients, "latency_ms": 1e3 * (t1 - t0), "ok": ok,
-                                    "replica": fields.get("replica"), "batch": int(fields.get("batch", 0) or 0)})
+                                    "replica": replica, "batch": int(fields.get("batch", 0) or 0)})
+                    if replica and replica not in seen:
+                        if seen and hold_s is not None:
+                            deadline[0] = min(deadline[0], t1 + hold_s)
+                        seen.add(replica)
 
         with ThreadPoolExecutor(clients) as pool:
             for _ in range(clients):

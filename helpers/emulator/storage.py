@@ -34,11 +34,12 @@ def download_prefix(uri: str, dest: Path) -> int:
     """Copy every object under ``uri`` into ``dest``, keeping the key paths below the prefix; returns the count.
 
     A prefix names a "folder" (``s3://b/data/train`` takes ``data/train/...``, not ``data/train2/...``),
-    unless it names one object exactly.
+    unless it names one object exactly. A key with ``..`` in its path is skipped: it never escapes the folder.
     """
     bucket, prefix = parse_s3_uri(uri)
     keys = list_keys(uri)
     base = prefix.rstrip("/")
+    made: set[Path] = set()  # folders created so far: one mkdir per folder, not per object
     count = 0
     for key in keys:
         if key == base:
@@ -47,12 +48,12 @@ def download_prefix(uri: str, dest: Path) -> int:
             rel = key[len(base):].lstrip("/")
         else:
             continue
-        if not rel or rel.endswith("/"):
+        if not rel or rel.endswith("/") or ".." in rel.split("/"):
             continue
-        target = (dest / rel).resolve()
-        if not target.is_relative_to(dest.resolve()):
-            continue  # a key with '..' never escapes the folder
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = dest / rel
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
         target.write_bytes(_s3().get_object(bucket, key).value)
         count += 1
     return count

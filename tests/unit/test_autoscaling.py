@@ -163,6 +163,29 @@ def test_a_stepped_load_records_which_replica_answered_and_the_timeline_counts_t
     assert any("from 1 to 2 replicas" in line for line in lines) and "1 requests of the stepped load failed." in lines
 
 
+def test_a_step_ends_hold_s_after_a_new_replica_answers_and_not_before():
+    def replicas(new_after_s):
+        begun = time.perf_counter()
+
+        def call():  # replica "a" from the start; "b" joins new_after_s into the load
+            time.sleep(0.01)
+            return "replica=b;batch=1" if time.perf_counter() - begun > new_after_s else "replica=a;batch=1"
+        return call
+
+    records = autoscaling.step_load(replicas(0.3), [(1, 0.1), (2, 3.0), (1, 0.2)], hold_s=0.2)
+    busy = [r["t"] for r in records if r["clients"] == 2]
+    first_b = min(r["t"] for r in records if r["replica"] == "b")
+    assert first_b < max(busy) <= first_b + 0.2 + 0.05  # the step ended hold_s after b's first answer, not at 3 s
+    assert {r["clients"] for r in records} == {1, 2}  # the next step still ran
+
+    # the load's first replica is not "new": without a newcomer a step runs its whole length
+    records = autoscaling.step_load(replicas(60), [(2, 0.4)], hold_s=0.05)
+    assert max(r["t"] for r in records) >= 0.39
+    # without hold_s, a newcomer changes nothing
+    records = autoscaling.step_load(replicas(0.1), [(2, 0.5)])
+    assert max(r["t"] for r in records) >= 0.49
+
+
 def test_replica_insights_say_when_nothing_scaled():
     import pandas as pd
 

@@ -36,3 +36,24 @@ def test_failure_reason_names_the_last_error_line(tmp_path):
     (tmp_path / "failure").write_text("my own reason")
     assert training.failure_reason(1, lines, ["python"], tmp_path / "failure") == "my own reason"
     assert len(training.failure_reason(1, ["E" * 5000], ["python"], tmp_path / "none")) == 1024
+
+
+def test_a_channel_copies_the_prefix_as_a_folder_and_no_key_escapes_it(tmp_path):
+    from moto.s3.models import s3_backends
+
+    from helpers.emulator import storage
+    from helpers.emulator.server import ACCOUNT_ID
+
+    s3 = s3_backends[ACCOUNT_ID]["aws"]
+    s3.create_bucket("sagebook-storage-test", "us-east-1")
+    for key in ("data/train/a/1.png", "data/train/b/2.png", "data/train2/c/3.png", "data/train/../../evil",
+                "data/train/a/../x", "data/train/dir/"):
+        s3.put_object("sagebook-storage-test", key, key.encode())
+    dest = tmp_path / "in" / "train"
+    assert storage.download_prefix("s3://sagebook-storage-test/data/train", dest) == 2
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == ["a/1.png", "b/2.png"]
+    assert (dest / "b" / "2.png").read_bytes() == b"data/train/b/2.png"
+    assert not (tmp_path / "evil").exists() and not (dest / "x").exists()
+    one = tmp_path / "one"  # a prefix that names one object exactly
+    assert storage.download_prefix("s3://sagebook-storage-test/data/train/a/1.png", one) == 1
+    assert (one / "1.png").read_bytes() == b"data/train/a/1.png"
