@@ -145,6 +145,24 @@ def test_a_chapters_kernel_prints_no_transport_warning_and_leaves_no_socket(tmp_
     assert set(Path(tempfile.gettempdir()).glob("sagebook-kernel-*")) == before
 
 
+@pytest.mark.slow
+def test_a_chapters_kernel_is_stopped_when_its_last_cell_ends_not_waited_for(tmp_path):
+    """A chapter's time ends with its last cell: its kernel is stopped at once, not given seconds to tear its
+    interpreter down (torch, the SDK and MLflow took up to 2.6 s). Waited for, this kernel's exit would write its
+    marker one second after the last cell."""
+    import time
+
+    (tmp_path / "book").mkdir()
+    marker = tmp_path / "exited"
+    slow_exit = (f"import atexit, pathlib, time\natexit.register(lambda: (time.sleep(1), "
+                 f"pathlib.Path({str(marker)!r}).write_text('slow exit')))\nprint('ran')")
+    book.run_chapter(write_chapter(tmp_path / "01_one.ipynb", slow_exit), {}, tmp_path / "book")
+    time.sleep(1.5)  # were the kernel still exiting, its marker would be there by now
+    assert not marker.exists()
+    executed = nbformat.read(str(tmp_path / "book" / "01_one.ipynb"), as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "ran\n"
+
+
 @pytest.mark.reliability
 @pytest.mark.slow
 def test_a_failing_cleanup_never_hides_the_chapters_error(tmp_path, monkeypatch, capsys):
