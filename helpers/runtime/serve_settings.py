@@ -45,9 +45,9 @@ class ServeSettings:
     max_ongoing_requests: int = 32  # per replica: beyond it the proxy queues the request
     max_queued_requests: int = 128  # per proxy, waiting for a replica: beyond it the request gets 503
     upscale_delay_s: float = 2.0  # Ray's defaults (30 s, 600 s, a 30 s look-back) suit hours of traffic, not a
-    downscale_delay_s: float = 5.0  # chapter's minute of load
+    downscale_delay_s: float = 3.0  # chapter's minute of load
     metrics_interval_s: float = 1.0  # how often replicas report their ongoing requests
-    look_back_period_s: float = 4.0  # the window the autoscaler averages them over
+    look_back_period_s: float = 2.0  # the window the autoscaler averages them over
     num_cpus: float = 1  # per replica (sets its PyTorch threads)
     num_gpus: float = 0  # per replica: 1 on a GPU instance
 
