@@ -16,7 +16,8 @@ A job's folder, ``<work>/emulator/training/NAME/``, is the container's ``/opt/ml
 (``hyperparameters.json``, ``inputdataconfig.json``, ``resourceconfig.json``), ``input/data/CHANNEL``,
 ``code/``, ``model/``, ``output/data/``, ``output/failure``, ``checkpoints/``, plus ``job.log`` and
 ``job.json`` (the job's record, kept as it runs; a local SageMaker starting on the same work folder marks
-the jobs a killed one left running as Failed there).
+the jobs a killed one left running as Failed there, and empties the folders of the jobs that had ended, all
+but their record and log, as the service releases a job's instance).
 
 Where it differs from the container, on purpose:
 
@@ -60,7 +61,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from helpers.emulator import reaper, storage
 from helpers.emulator.server import ACCOUNT_ID, AwsError, validation_error
@@ -213,9 +214,11 @@ class TrainingJobs:
         self.runs: dict[tuple[str, str], _Run] = {}
         self._lock = threading.Lock()
         self._zygote: Any = None
-        for name in mark_abandoned(self.root):
+        abandoned = mark_abandoned(self.root)
+        for name in abandoned:
             log.warning("training job %s was still running when the local SageMaker before this one stopped: its "
                         "job.json now says Failed", name)
+        release_instances(self.root, keep=abandoned)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], str], dict[str, Any]]]:
         return {"CreateTrainingJob": lambda p, r: self.create(p, r), "DescribeTrainingJob": self.describe,
@@ -586,6 +589,23 @@ def mark_abandoned(root: Path) -> list[str]:
             atomic_write_json(path, record)
             names.append(record.get("TrainingJobName", path.parent.name))
     return names
+
+
+def release_instances(root: Path, keep: Sequence[str] = ()) -> int:
+    """What earlier local SageMakers' jobs left on their "instances" goes (input copies, restored checkpoints, model
+    and output folders: 800 MB a book run), as the service releases a job's instance when it ends; each job's
+    record (``job.json``) and ``job.log`` stay. The jobs in ``keep`` (those a killed one left running) keep all:
+    their checkpoints may be the only copy of the work. Returns how many folders were released."""
+    released = 0
+    for path in sorted(Path(root).glob(f"*/{JOB_RECORD}")):
+        folder = path.parent
+        if folder.name in keep:
+            continue
+        extra = [c for c in folder.iterdir() if c.name not in (JOB_RECORD, "job.log")]
+        for child in extra:
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
+        released += bool(extra)
+    return released
 
 
 def _prepare_layout(root: Path) -> dict[str, Path]:

@@ -58,12 +58,22 @@ def test_training_job_request(aws):
     assert {"code", "sm_drivers"} <= set(chans)  # the staged source dir and the SDK's drivers
     assert d["ResourceConfig"]["InstanceCount"] == 2 and d["EnableManagedSpotTraining"] is True
     assert d["StoppingCondition"]["MaxWaitTimeInSeconds"] == 2 * d["StoppingCondition"]["MaxRuntimeInSeconds"]
-    assert d["CheckpointConfig"]["S3Uri"] == "s3://sagebook-test/run/checkpoints"
+    assert d["CheckpointConfig"]["S3Uri"].startswith("s3://sagebook-test/run/checkpoints/sb-test-")
     assert d["OutputDataConfig"]["S3OutputPath"] == "s3://sagebook-test/run/output"
     # no Debugger or Profiler service settings: closed to new customers (v2 turned the profiler on by default)
     assert not {"ProfilerConfig", "ProfilerRuleConfigurations", "DebugHookConfig", "DebugRuleConfigurations"} & set(d)
     drivers = sess.boto_session.client("sagemaker").describe_training_job(TrainingJobName=d["TrainingJobName"])
     assert drivers["TrainingJobName"] == d["TrainingJobName"]  # the local SageMaker took it
+
+
+def test_each_trainer_checkpoints_under_its_own_prefix(aws):
+    """SageMaker restores all of a job's CheckpointConfig.S3Uri into it: two trainers of a run (the six starts,
+    the tuner, the final job) must not share one, or each job downloads every earlier job's checkpoints."""
+    cfg, sess, sent = aws
+    uris = [sagemaker_jobs.model_trainer(cfg, sess, role=ROLE, hyperparameters={"lr": 0.01},
+                                         base_job_name="sb-start").checkpoint_config.s3_uri for _ in range(2)]
+    assert uris[0] != uris[1] and all(u.startswith("s3://sagebook-test/run/checkpoints/sb-start-") for u in uris)
+    assert not uris[1].startswith(uris[0])  # neither prefix holds the other
 
 
 def test_only_a_debugger_job_ships_smdebug(aws):
@@ -132,7 +142,7 @@ def test_tuning_job_request(aws):
     assert hp["sagemaker_program"].strip('"') == "train.py"  # trials take the container's toolkit path
     assert hp["sagemaker_submit_directory"].strip('"').startswith("s3://sagebook-test/")
     assert hp["backbone"].strip('"') == "efficientnet_lite0" and "lr" not in hp
-    assert job["CheckpointConfig"]["S3Uri"] == "s3://sagebook-test/run/checkpoints"
+    assert job["CheckpointConfig"]["S3Uri"].startswith("s3://sagebook-test/run/checkpoints/")  # one for all trials
     assert {c["ChannelName"] for c in job["InputDataConfig"]} >= {"train", "valid"}
     assert "test" not in {c["ChannelName"] for c in job["InputDataConfig"]}  # never the test split
     assert job["Environment"] == env  # every trial tracks into the parent run

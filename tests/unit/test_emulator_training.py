@@ -57,3 +57,25 @@ def test_a_channel_copies_the_prefix_as_a_folder_and_no_key_escapes_it(tmp_path)
     one = tmp_path / "one"  # a prefix that names one object exactly
     assert storage.download_prefix("s3://sagebook-storage-test/data/train/a/1.png", one) == 1
     assert (one / "1.png").read_bytes() == b"data/train/a/1.png"
+
+
+def test_a_new_local_sagemaker_releases_the_instances_of_ended_jobs_but_not_of_abandoned_ones(tmp_path):
+    import json
+
+    def job(name, status):
+        folder = tmp_path / name
+        for sub in ("input/data/train", "checkpoints/" + name, "model", "output/data"):
+            (folder / sub).mkdir(parents=True)
+            (folder / sub / "f.bin").write_bytes(b"x" * 10)
+        (folder / "input" / "data" / "link").symlink_to(tmp_path, target_is_directory=True)
+        (folder / "job.log").write_text("log\n")
+        (folder / training.JOB_RECORD).write_text(json.dumps({"TrainingJobName": name, "TrainingJobStatus": status}))
+        return folder
+
+    done, failed, running = job("done-1", "Completed"), job("failed-1", "Failed"), job("running-1", "InProgress")
+    training.TrainingJobs(tmp_path)  # what a local SageMaker does when it starts on this work folder
+    for folder in (done, failed):
+        assert sorted(p.name for p in folder.iterdir()) == ["job.json", "job.log"]
+    assert (running / "checkpoints" / "running-1" / "f.bin").exists()  # a killed run's work stays
+    assert json.loads((running / training.JOB_RECORD).read_text())["TrainingJobStatus"] == "Failed"
+    assert tmp_path.exists() and (done / "job.log").read_text() == "log\n"  # a symlinked channel's target stays
