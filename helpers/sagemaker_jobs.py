@@ -97,8 +97,9 @@ def model_trainer(cfg: RunConfig, session: Any, *, role: str, hyperparameters: M
 
     Output goes to ``{s3_prefix}/output``. Checkpoints go to a prefix of this trainer's own,
     :func:`checkpoint_uri`, since SageMaker restores everything under it into each of the trainer's jobs; the
-    entry point keeps each job's own in a subfolder named after the job, so a restarted spot job resumes its own
-    and tuning trials, which share the tuner's trainer, never resume each other's. ``instance_count > 1`` runs torchrun on every instance.
+    entry point keeps each job's own in a subfolder named after the job, so a restarted spot job resumes its
+    own and tuning trials, which share the tuner's trainer, never resume each other's. ``instance_count > 1``
+    runs torchrun on every instance.
     ``use_spot``: managed spot training, which may be interrupted and then resumes from the checkpoints;
     ``max_wait_s`` (waiting for capacity plus running, at least ``max_run_s``; 0: twice ``max_run_s``).
     ``environment``: the job's variables (``helpers.tracking.job_environment`` turns MLflow tracking on; a

@@ -95,3 +95,14 @@ def test_chapter_2_prints_the_schedule_rather_than_stating_it_by_hand():
     prose = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert "transfer.schedule(" in code
     assert f"at most {transfer.SHARED['max_per_class']}" not in prose and "two epochs" not in prose
+
+
+def test_the_schedule_is_said_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    train = _folder(tmp_path / "train", {"a": 2, "b": 1})
+    code = ("import sys; from helpers import transfer; "
+            f"print(transfer.schedule(__import__('pathlib').Path({str(train)!r}))); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "3 training images" in out and out.strip().endswith("False")  # chapter 2's kernel stays torch-free
