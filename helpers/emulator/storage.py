@@ -111,7 +111,9 @@ class LogStream:
                 self.backend.create_log_group(group, tags={})
             except Exception:  # noqa: BLE001 - created by a concurrent job
                 pass
-        self.backend.create_log_stream(group, stream)
+        # a stream is named by the second its instance started (JOB/algo-1-EPOCH): a spot job restarted within
+        # that second writes on to it, where creating it again failed the job
+        self.backend.ensure_log_stream(group, stream)
 
     def write(self, line: str) -> None:
         with self._lock:

@@ -79,3 +79,20 @@ def test_a_new_local_sagemaker_releases_the_instances_of_ended_jobs_but_not_of_a
     assert (running / "checkpoints" / "running-1" / "f.bin").exists()  # a killed run's work stays
     assert json.loads((running / training.JOB_RECORD).read_text())["TrainingJobStatus"] == "Failed"
     assert tmp_path.exists() and (done / "job.log").read_text() == "log\n"  # a symlinked channel's target stays
+
+
+def test_a_job_restarted_within_the_second_writes_on_to_its_log_stream():
+    from moto.logs.models import logs_backends
+
+    from helpers.emulator import storage
+    from helpers.emulator.server import ACCOUNT_ID
+
+    group, name = "/aws/sagemaker/TrainingJobs", "unit-restart/algo-1-1796570000"
+    first = storage.LogStream("us-east-1", group, name)
+    first.write("before the interruption")
+    first.flush()
+    again = storage.LogStream("us-east-1", group, name)  # the restart, the same second: raised before
+    again.write("after the restart")
+    again.flush()
+    events = logs_backends[ACCOUNT_ID]["us-east-1"].groups[group].streams[name].events
+    assert [e.message for e in events] == ["before the interruption", "after the restart"]
