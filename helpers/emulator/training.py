@@ -591,21 +591,45 @@ def mark_abandoned(root: Path) -> list[str]:
     return names
 
 
+#: Where :func:`release_instances` moves what it releases, then deletes it in the background.
+RELEASED = ".released"
+
+
 def release_instances(root: Path, keep: Sequence[str] = ()) -> int:
     """What earlier local SageMakers' jobs left on their "instances" goes (input copies, restored checkpoints, model
     and output folders: 800 MB a book run), as the service releases a job's instance when it ends; each job's
     record (``job.json``) and ``job.log`` stay. The jobs in ``keep`` (those a killed one left running) keep all:
-    their checkpoints may be the only copy of the work. Returns how many folders were released."""
+    their checkpoints may be the only copy of the work. Returns how many folders were released.
+
+    The folders are moved aside at once (a rename) and deleted by a background thread: deleting them took seconds,
+    and a new local SageMaker answers no request until this returns."""
+    root = Path(root)
+    trash = root / RELEASED / f"{os.getpid()}-{time.time_ns()}"
     released = 0
-    for path in sorted(Path(root).glob(f"*/{JOB_RECORD}")):
+    for path in sorted(root.glob(f"*/{JOB_RECORD}")):
         folder = path.parent
         if folder.name in keep:
             continue
         extra = [c for c in folder.iterdir() if c.name not in (JOB_RECORD, "job.log")]
-        for child in extra:
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
-        released += bool(extra)
+        if extra:
+            (trash / folder.name).mkdir(parents=True)
+            for child in extra:
+                child.rename(trash / folder.name / child.name)
+            released += 1
+    if (root / RELEASED).is_dir():  # this start's, and any a killed one left half deleted
+        threading.Thread(target=_delete_quietly, args=(root / RELEASED,), name="release-instances",
+                         daemon=True).start()
     return released
+
+
+def _delete_quietly(folder: Path) -> None:
+    """Delete ``folder`` at the lowest CPU priority (this thread only: on Linux a thread is its own task), so that
+    what the first chapter does meanwhile is not slowed."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _prepare_layout(root: Path) -> dict[str, Path]:

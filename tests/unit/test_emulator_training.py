@@ -61,6 +61,7 @@ def test_a_channel_copies_the_prefix_as_a_folder_and_no_key_escapes_it(tmp_path)
 
 def test_a_new_local_sagemaker_releases_the_instances_of_ended_jobs_but_not_of_abandoned_ones(tmp_path):
     import json
+    import time
 
     def job(name, status):
         folder = tmp_path / name
@@ -73,11 +74,16 @@ def test_a_new_local_sagemaker_releases_the_instances_of_ended_jobs_but_not_of_a
         return folder
 
     done, failed, running = job("done-1", "Completed"), job("failed-1", "Failed"), job("running-1", "InProgress")
+    (tmp_path / training.RELEASED / "1-2" / "old-1").mkdir(parents=True)  # left half deleted by a killed one
     training.TrainingJobs(tmp_path)  # what a local SageMaker does when it starts on this work folder
-    for folder in (done, failed):
+    for folder in (done, failed):  # at once: moved aside, deleted in the background
         assert sorted(p.name for p in folder.iterdir()) == ["job.json", "job.log"]
     assert (running / "checkpoints" / "running-1" / "f.bin").exists()  # a killed run's work stays
     assert json.loads((running / training.JOB_RECORD).read_text())["TrainingJobStatus"] == "Failed"
+    deadline = time.monotonic() + 10
+    while (tmp_path / training.RELEASED).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (tmp_path / training.RELEASED).exists()  # the copies are gone, the old leftovers too
     assert tmp_path.exists() and (done / "job.log").read_text() == "log\n"  # a symlinked channel's target stays
 
 
