@@ -50,11 +50,13 @@ def hyperparameters(static: Mapping[str, Any], start: Start) -> dict[str, Any]:
 
 def schedule(train_dir: Path, shared: Mapping[str, Any] = SHARED) -> str:
     """What every start shares, said from :data:`SHARED` and the train split's own class folders (the page's
-    prose cannot drift from the jobs). Counted here, not with the entry point's listing, which imports torch."""
-    from helpers.runtime.layout import is_image
+    prose cannot drift from the jobs). The split is listed as the entry point lists it."""
+    from helpers.runtime.layout import class_folders, list_samples
 
-    classes = sorted(d for d in Path(train_dir).iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_class = [sum(1 for p in d.rglob("*") if p.is_file() and is_image(p)) for d in classes]
+    classes = class_folders(Path(train_dir))
+    per_class = [0] * len(classes)
+    for _, label in list_samples(Path(train_dir), classes):
+        per_class[label] += 1
     limit, total = int(shared.get("max_per_class", 0)), sum(per_class)
     epochs = int(shared["epochs"])
     line = f"Every start trains for {epochs} epoch{'s' if epochs != 1 else ''} in batches of {shared['batch_size']}"

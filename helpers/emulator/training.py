@@ -472,7 +472,7 @@ class TrainingJobs:
         regexes = metric_regexes(run.job.algorithm_specification.get("MetricDefinitions"))
         tail: deque[str] = deque(maxlen=LOG_TAIL)
         max_runtime = (run.params.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
-        logf = open(layout["root"] / "job.log", "a", encoding="utf-8")
+        logf = open(layout["root"] / JOB_LOG, "a", encoding="utf-8")
         logf.write(f"==== {now().isoformat(timespec='seconds')} {shlex.join(command)}\n")
         proc = self._start(command, cwd, env)
 
@@ -555,6 +555,8 @@ def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
 #: Each job folder's record of the job (``job.json``), kept as it runs: what is left of the job when the local
 #: SageMaker that ran it is killed (the service keeps its records; this one keeps them in memory).
 JOB_RECORD = "job.json"
+#: The job's log as it ran (what CloudWatch Logs got too); kept with the record when its instance is released.
+JOB_LOG = "job.log"
 ABANDONED = ("The local SageMaker running this job stopped before the job ended (it was killed, or the machine "
              "stopped); the job's processes ended with it.")
 
@@ -610,7 +612,7 @@ def release_instances(root: Path, keep: Sequence[str] = ()) -> int:
         folder = path.parent
         if folder.name in keep:
             continue
-        extra = [c for c in folder.iterdir() if c.name not in (JOB_RECORD, "job.log")]
+        extra = [c for c in folder.iterdir() if c.name not in (JOB_RECORD, JOB_LOG)]
         if extra:
             (trash / folder.name).mkdir(parents=True)
             for child in extra:
@@ -799,7 +801,7 @@ def _container_command(params: dict[str, Any], name: str, arn: str, layout: dict
         raise ClientError("The local SageMaker runs script-mode jobs: set the hyperparameters sagemaker_program "
                           "and sagemaker_submit_directory (SDK v2, the AWS CLI), or train with ModelTrainer and "
                           "a SourceCode (SDK v3).")
-    _check_requirements(code / "requirements.txt", layout["root"] / "job.log")
+    _check_requirements(code / "requirements.txt", layout["root"] / JOB_LOG)
     hosts = [f"algo-{i + 1}" for i in range(count)]
     res = params["ResourceConfig"]
     env = {k: v for k, v in os.environ.items()

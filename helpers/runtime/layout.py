@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+
+from helpers.runtime.settings import TrainingError
 
 #: Extensions torchvision's ImageFolder loads.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -38,3 +41,28 @@ def find_split_dir(root: Path, split: str) -> Path | None:
 
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
+
+
+def class_folders(train_dir: Path) -> list[str]:
+    """Labels: the sorted class-folder names of the train split (the ImageFolder rule)."""
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise TrainingError(f"{train_dir} has {len(classes)} class folder(s); classification needs at least 2")
+    return classes
+
+
+def list_samples(split_dir: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
+    """(path, label) for every image of a split, labelled with the train classes."""
+    index = {c: i for i, c in enumerate(classes)}
+    extra = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in index and not d.name.startswith("."))
+    if extra:
+        raise TrainingError(f"{split_dir} has classes that train lacks: {', '.join(extra[:10])}")
+    samples = []
+    for cls in classes:
+        folder = split_dir / cls
+        if folder.is_dir():
+            samples += [(str(p), index[cls]) for p in sorted(folder.rglob("*"))
+                        if p.is_file() and is_image(p)]
+    if not samples:
+        raise TrainingError(f"{split_dir} holds no images")
+    return samples

@@ -36,7 +36,7 @@ from torch.utils.data.dataloader import default_collate
 from helpers.runtime import debugger
 from helpers.runtime.debugger import Instrumentation
 from helpers.runtime.fileio import atomic_write, atomic_write_json, file_lock, remove_stale_temp_files
-from helpers.runtime.layout import find_split_dir, is_image
+from helpers.runtime.layout import class_folders, find_split_dir, is_image, list_samples  # noqa: F401 - API
 from helpers.runtime.metrics import format_metrics
 from helpers.runtime.models import (ModelConfig, ModelError, TransferModel, build_body, last_stage, make_head,
                                     save_model)
@@ -166,31 +166,6 @@ def pick_device(env: Mapping[str, str], local_rank: int = 0) -> torch.device:
 
 # --------------------------------------------------------------------------------------------------
 # Data
-
-
-def class_folders(train_dir: Path) -> list[str]:
-    """Labels: the sorted class-folder names of the train split (the ImageFolder rule)."""
-    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
-        raise TrainingError(f"{train_dir} has {len(classes)} class folder(s); classification needs at least 2")
-    return classes
-
-
-def list_samples(split_dir: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
-    """(path, label) for every image of a split, labelled with the train classes."""
-    index = {c: i for i, c in enumerate(classes)}
-    extra = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in index and not d.name.startswith("."))
-    if extra:
-        raise TrainingError(f"{split_dir} has classes that train lacks: {', '.join(extra[:10])}")
-    samples = []
-    for cls in classes:
-        folder = split_dir / cls
-        if folder.is_dir():
-            samples += [(str(p), index[cls]) for p in sorted(folder.rglob("*"))
-                        if p.is_file() and is_image(p)]
-    if not samples:
-        raise TrainingError(f"{split_dir} holds no images")
-    return samples
 
 
 def sample_per_class(samples: list[tuple[str, int]], limit: int, seed: int) -> list[tuple[str, int]]:
