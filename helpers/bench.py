@@ -162,7 +162,7 @@ def our_techniques(cfg: "TrainConfig", device: "torch.device", data: bool = True
     if cfg.uses_feature_cache:
         return "feature cache"
     parts = ["decoded-image cache" if cfg.uses_image_cache else "loader workers"] if data else []
-    dtype = autocast_dtype(device, cfg.amp)
+    dtype = autocast_dtype(device, cfg.amp, cfg.backbone, training=cfg.trains_whole_backbone)
     if dtype is not None:
         parts.append(f"{str(dtype).removeprefix('torch.')} autocast")
     if cfg.channels_last:
@@ -221,8 +221,8 @@ def bench_hardware(backbone: str, image_size: int, batch_size: int = 32) -> list
     from helpers.runtime.train import TrainConfig, autocast_dtype
 
     device = _device()
-    ours = TrainConfig(freeze_backbone=False)
-    ours_dtype = autocast_dtype(device, ours.amp)
+    ours = TrainConfig(backbone=backbone, freeze_backbone=False)
+    ours_dtype = autocast_dtype(device, ours.amp, backbone, training=True)
     n = 4096 if device.type == "cuda" else 1024
     limits: dict[str, float] = {}
     rows = []

@@ -71,6 +71,11 @@ class TrainConfig:
             raise TrainingError("Invalid hyperparameters:\n  - " + "\n  - ".join(problems))
 
     @property
+    def trains_whole_backbone(self) -> bool:
+        """Every layer learns: the training steps run the backward pass through the whole backbone."""
+        return not self.freeze_backbone and self.finetune == "all"
+
+    @property
     def uses_feature_cache(self) -> bool:
         """Frozen backbone + deterministic transform: the backbone's features can be computed once."""
         return self.use_feature_cache and self.freeze_backbone and not self.augment

@@ -38,6 +38,7 @@ from helpers.runtime.debugger import Instrumentation
 from helpers.runtime.fileio import atomic_write, atomic_write_json, file_lock, remove_stale_temp_files
 from helpers.runtime.layout import class_folders, find_split_dir, is_image, list_samples  # noqa: F401 - API
 from helpers.runtime.metrics import format_metrics
+from helpers.runtime.catalog import CPU_FP32_TRAINING
 from helpers.runtime.models import (ModelConfig, ModelError, TransferModel, build_body, last_stage, make_head,
                                     save_model)
 from helpers.runtime.presets import Preprocessing, decode_transform, eval_transform, normalize_transform, train_transform
@@ -149,13 +150,17 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """Mixed precision where it helps: float16 (with a gradient scaler) on CUDA, bfloat16 on a CPU that has it."""
+def autocast_dtype(device: torch.device, amp: bool, backbone: str = "",
+                   training: bool = False) -> torch.dtype | None:
+    """Mixed precision where it helps: float16 (with a gradient scaler) on CUDA, bfloat16 on a CPU that has
+    it, except in a depthwise backbone's training steps on a CPU (``training``; see ``CPU_FP32_TRAINING``)."""
     if not amp:
         return None
     if device.type == "cuda":
         return torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+    if device.type != "cpu" or not cpu_has_native_bf16():
+        return None
+    return None if training and backbone in CPU_FP32_TRAINING else torch.bfloat16
 
 
 def pick_device(env: Mapping[str, str], local_rank: int = 0) -> torch.device:
@@ -684,12 +689,14 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     if cfg.channels_last:  # faster convolutions (the frozen body's too, computing the cached features)
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = autocast_dtype(device, cfg.amp)  # the head on cached features too: the same numbers either way
+    train_dtype = autocast_dtype(device, cfg.amp, cfg.backbone, training=cfg.trains_whole_backbone)
     if dinfo.is_main:
         log.info("%s (%s weights, %s backbone) -> %d classes on %s (%d threads), %d loader workers, "
-                 "feature cache %s, autocast %s", cfg.backbone, cfg.weights,
+                 "feature cache %s, autocast %s%s", cfg.backbone, cfg.weights,
                  "frozen" if cfg.freeze_backbone else f"trainable ({cfg.finetune})", len(classes), device, torch.get_num_threads(),
                  workers, "on" if cfg.uses_feature_cache else "off",
-                 str(amp_dtype).removeprefix("torch.") if amp_dtype else "off")
+                 str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
+                 "" if train_dtype == amp_dtype else " (float32 training steps: faster for this backbone)")
 
     splits = {"train": train_samples, "valid": valid_samples, **({"test": test_samples} if test_samples else {})}
     if cfg.uses_feature_cache:
@@ -722,12 +729,12 @@ def fit(cfg: TrainConfig, paths: JobPaths, *, dinfo: DistInfo = DistInfo(), env:
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=train_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss()
     with _instruments(instruments, paths, trained, criterion, cfg, device, loader_workers,
                       isinstance(collate, NormalizeBatch), dinfo) as (hook, timer, prof, tb):
-        run = _Run(model, trained, net, criterion, optimizer, scaler, amp_dtype, loaders, classes, mcfg, device, hook,
-                   timer, prof, data_id, tb)
+        run = _Run(model, trained, net, criterion, optimizer, scaler, train_dtype, amp_dtype, loaders,
+                   classes, mcfg, device, hook, timer, prof, data_id, tb)
         return _train(cfg, paths, dinfo, run, state, ckpt_path, started, on_epoch, emit, write_artifacts)
 
 
@@ -741,7 +748,8 @@ class _Run:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None  # autocast's dtype, None for full precision
+    train_dtype: torch.dtype | None  # autocast's dtype in the training steps, None for full precision
+    amp_dtype: torch.dtype | None  # ... in evaluation
     loaders: dict[str, DataLoader]
     classes: list[str]
     mcfg: ModelConfig
@@ -834,7 +842,8 @@ def _train(cfg: TrainConfig, paths: JobPaths, dinfo: DistInfo, run: _Run, state:
             run.timer.start_epoch(epoch)
         tr = _reduce_train(train_one_epoch(run.net, run.criterion, run.optimizer, run.loaders["train"], run.device,
                                            run.scaler, desc=f"epoch {epoch}", hook=run.hook, timer=run.timer,
-                                           prof=run.prof, channels_last=cl, amp_dtype=run.amp_dtype), run.device, dinfo)
+                                           prof=run.prof, channels_last=cl, amp_dtype=run.train_dtype),
+                           run.device, dinfo)
         va = evaluate(run.trained, run.criterion, run.loaders["valid"], run.device, len(run.classes), dinfo,
                       hook=run.hook, channels_last=cl, amp_dtype=run.amp_dtype)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "valid_loss": va["loss"],
