@@ -334,8 +334,7 @@ def clean(cfg: RunConfig, *, keep_endpoint: bool = False, stop_local: bool = Tru
     for (backend, region), resources in groups.items():
         sess = _session(cfg, backend, region)
         if sess is None:  # the local SageMaker that held them has stopped, and its state with it
-            for r in resources:
-                ledger.mark_removed(r)
+            ledger.mark_removed(*resources)
             report.removed.append(f"{len(resources)} resource(s) of a stopped local SageMaker")
             continue
         cleaner = _Cleaner(sess, report, bill=backend == "sagemaker")
@@ -354,8 +353,7 @@ def clean(cfg: RunConfig, *, keep_endpoint: bool = False, stop_local: bool = Tru
         except Exception as e:  # noqa: BLE001 - those stay in the ledger for the next cleanup
             report.errors.append(f"S3 deletions: {e}")
             gone = [r for r in gone if r.kind not in ("s3 folder", "training job", "tuning job")]
-        for r in gone:
-            ledger.mark_removed(r)
+        ledger.mark_removed(*gone)  # one write
         cleaner.objects.forget()  # what is left is listed afresh
         for r in resources:
             try:

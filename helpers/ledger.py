@@ -80,6 +80,10 @@ CREATES: dict[tuple[str, str], tuple[str, Any, Any]] = {
     ("s3", "CopyObject"): ("s3 folder", _s3_folder, None),
 }
 
+#: Removed entries the ledger keeps as history (a book run creates about 180 resources).
+HISTORY = 500
+
+
 class Ledger:
     """The ledger of the run whose manifest is ``work_dir/manifest.json``."""
 
@@ -106,13 +110,21 @@ class Ledger:
                                          "details": resource.details}).to_dict())
         self._seen.add(resource.key)
 
-    def mark_removed(self, resource: Resource) -> None:
+    def mark_removed(self, *resources: Resource) -> None:
+        """Record that ``resources`` are gone, in one write. The history keeps the newest :data:`HISTORY`
+        removed entries: every create and removal rewrites the file, which would otherwise grow with every run."""
+        keys = {r.key for r in resources}
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         with locked_manifest(self.path) as raw:
-            for d in raw.get(LEDGER_KEY, []):
-                if (d["kind"], d["name"], d["region"]) == resource.key and not d.get("removed_at"):
+            items = raw.get(LEDGER_KEY, [])
+            for d in items:
+                if (d["kind"], d["name"], d["region"]) in keys and not d.get("removed_at"):
                     d["removed_at"] = stamp
-        self._seen.discard(resource.key)
+            removed = [i for i, d in enumerate(items) if d.get("removed_at")]
+            if len(removed) > HISTORY:  # the oldest first: entries are in the order they were created
+                drop = set(removed[:len(removed) - HISTORY])
+                raw[LEDGER_KEY] = [d for i, d in enumerate(items) if i not in drop]
+        self._seen.difference_update(keys)
 
 
 def watch(boto_session: Any, work_dir: str | Path, backend: str) -> Ledger:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations from here
 
@@ -392,8 +392,26 @@ class ModelServer:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(tree, timeout=5)
+        wait_ended(tree, timeout_s=5)
         self.proc = None
+
+
+def wait_ended(procs: Sequence[Any], timeout_s: float) -> list[Any]:
+    """Wait until each ``psutil.Process`` has ended, and return those still running. A zombie has ended: an
+    orphan stays one until PID 1 reaps it, which takes up to 1.5 s on this machine (``psutil.wait_procs``
+    waits for that)."""
+    import psutil
+
+    def running(p: Any) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    while (alive := [p for p in procs if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return alive
 
 
 class LocalEndpoint(ModelServer):

@@ -322,7 +322,8 @@ class LocalSageMaker:
 
         self._server = make_server(self.host, self.port, app, threaded=True, request_handler=QuietHandler)
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-sagemaker", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="local-sagemaker", daemon=True)  # stop() waits for its poll
         self._thread.start()
         log.info("local SageMaker at %s (jobs in %s)", self.endpoint_url, self.work_dir / "emulator")
         return self

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import socket
 import tarfile
 import time
@@ -347,7 +348,8 @@ import torch
 print("probe", json.dumps({"cwd": os.getcwd(), "argv": sys.argv, "path0": sys.path[0], "pid": os.getpid(),
                            "pgid": os.getpgid(0), "threads": torch.get_num_threads(),
                            "omp": os.environ.get("OMP_NUM_THREADS"), "leak": os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                           "helpers": any(m == "helpers" or m.startswith("helpers.") for m in sys.modules)}))
+                           "helpers": any(m == "helpers" or m.startswith("helpers.") for m in sys.modules),
+                           "nice": os.getpriority(os.PRIO_PROCESS, 0)}))
 time.sleep(float(os.environ.get("HOLD", "0")))
 sys.exit(int(os.environ.get("EXIT", "0")))
 '''
@@ -373,12 +375,11 @@ def test_a_job_forked_from_the_warm_interpreter_is_a_fresh_script_run(local_sage
     assert p["cwd"] == str(code) and p["path0"] == str(code) and p["argv"] == ["train.py", "--lr", "0.1"]
     assert p["pgid"] == p["pid"]  # its own process group: a stop ends it and its children
     assert p["threads"] == 1 and p["omp"] == "1" and p["leak"] is None and p["helpers"] is False
+    assert p["nice"] == os.getpriority(os.PRIO_PROCESS, 0)  # not the low priority the preloading had
     assert local_sagemaker.training.warm_interpreter().available()  # it did come from the warm interpreter
 
 
 def test_jobs_running_at_once_share_the_cores(local_sagemaker, clients, tmp_path):
-    import os
-
     sm, s3 = clients
     cores = os.cpu_count() or 1
     submit = put_sourcedir(s3, write_script(tmp_path / "src", PROBE))

@@ -135,3 +135,28 @@ def test_two_worker_endpoint_answers(trained_model, test_image):
     with LocalEndpoint(trained_model, workers=2) as ep:
         results = [ep.predict(test_image) for _ in range(4)]
     assert all(r["predictions"] for r in results)
+
+
+def test_a_killed_process_has_ended_while_it_is_a_zombie():
+    """An orphan stays a zombie until PID 1 reaps it (up to 1.5 s on these machines): deleting an endpoint must
+    not wait for that. Here the parent is alive and never reaps, so the zombie stays."""
+    import os
+    import signal
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               "child = subprocess.Popen(['sleep', '60'])\n"
+                               "print(child.pid, flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert child.status() == psutil.STATUS_ZOMBIE
+        assert serving.wait_ended([child], timeout_s=0.5) == []
+        assert psutil.wait_procs([child], timeout=0.5)[1] == [child]  # what it replaces waits for the reaping
+    finally:
+        parent.kill()
+        parent.wait()

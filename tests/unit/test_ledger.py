@@ -114,3 +114,23 @@ def test_the_command_reports_and_fails_on_what_is_left(run, capsys, monkeypatch)
     assert cleanup.main(["--work-dir", str(cfg.work_path)]) == 1
     out = capsys.readouterr().out
     assert "left: model sb-model (sb-model)" in out
+
+
+def test_removals_are_one_write_and_the_history_is_bounded(tmp_path, monkeypatch):
+    """A cleanup of 180 resources rewrote the manifest 180 times; removed entries piled up run after run
+    (2,700 entries, 870 kB here), and every create and removal rewrites the whole file."""
+    from helpers import manifest
+
+    monkeypatch.setattr(ledger, "HISTORY", 5)
+    book = ledger.Ledger(tmp_path)
+    made = [ledger.Resource("s3 folder", f"s3://b/run/f{i}/", "us-east-1", "local") for i in range(8)]
+    for r in made:
+        book.add(r)
+    writes = []
+    real = manifest.atomic_write_json
+    monkeypatch.setattr(manifest, "atomic_write_json", lambda *a: writes.append(1) or real(*a))
+    book.mark_removed(*made[:6])
+    assert len(writes) == 1
+    assert [r.name for r in book.entries()] == [r.name for r in made[6:]]
+    kept = book.entries(removed=True)
+    assert len(kept) == 7 and kept[0].name == made[1].name  # 5 removed (the newest) and the 2 still there
