@@ -315,7 +315,7 @@ class LocalSageMaker:
                       routes=self.endpoints.routes() + self.functions.routes() + iam.routes()
                       + self.training.routes())
         class QuietHandler(MotoRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive: a client's requests reuse one connection
+            protocol_version = "HTTP/1.1"  # werkzeug still closes each connection after its response
 
             def log_request(self, *args: Any, **kwargs: Any) -> None:  # no line per request on stderr
                 pass
