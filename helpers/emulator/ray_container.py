@@ -176,7 +176,8 @@ def claim_port(port: int) -> Any:
 
 def end_ray_processes(timeout_s: float = 5.0) -> None:
     """Kill the processes Ray started (all of this process's descendants) and wait until they have ended. A
-    zombie has ended: here orphans are reaped by PID 1, which takes up to 1.5 s (measured)."""
+    zombie has ended: here orphans are reaped by PID 1, which takes up to 1.5 s (measured). The rule of
+    ``helpers.serving.wait_ended``, written again: the container's files import nothing of ``helpers``."""
     import psutil
 
     tree = psutil.Process().children(recursive=True)
