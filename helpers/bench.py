@@ -222,7 +222,7 @@ def bench_hardware(backbone: str, image_size: int, batch_size: int = 32) -> list
 
     device = _device()
     ours = TrainConfig(backbone=backbone, freeze_backbone=False)
-    ours_dtype = autocast_dtype(device, ours.amp, backbone, training=True)
+    ours_dtype = autocast_dtype(device, ours.amp, backbone, training=ours.trains_whole_backbone)
     n = 4096 if device.type == "cuda" else 1024
     limits: dict[str, float] = {}
     rows = []
